@@ -1,0 +1,38 @@
+"""lamini-lite: the helper package of the book *Why LLMs hallucinate facts, and how to make them stop*.
+
+Public API, re-exported here (everything a notebook uses is importable from
+``lamini_lite`` or one submodule deep):
+
+* profiles -- :func:`sizes`, :func:`active_profile`: experiment sizes per run profile.
+* cache    -- :func:`cached`, :func:`cached_model`, :func:`fingerprint`: content-keyed results.
+* seeding  -- :func:`seed_everything`.
+* models   -- :func:`load_smollm2`, :func:`tiny_llama`.
+* lm       -- :func:`greedy_answers`, :func:`answer_token_losses`, :func:`encode_qa`.
+* facts    -- :class:`Fact`, :func:`exact_match`, :func:`normalize_answer`, :func:`qa_prompt`.
+"""
+
+from __future__ import annotations
+
+import os as _os
+
+if _os.environ.get("LAMINI_LITE_NO_NETWORK") == "1":
+    from . import netguard as _netguard
+
+    _netguard.install()
+
+from .cache import cached, cached_model, fingerprint, ResultCache  # noqa: E402
+from .facts import Fact, FactError, exact_match, normalize_answer, qa_prompt  # noqa: E402
+from .lm import answer_token_losses, collate_qa, encode_qa, greedy_answers  # noqa: E402
+from .models import count_parameters, load_smollm2, smollm2_gguf_path, tiny_llama  # noqa: E402
+from .profiles import active_profile, register_sizes, sizes  # noqa: E402
+from .seeding import seed_everything  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "cached", "cached_model", "fingerprint", "ResultCache",
+    "Fact", "FactError", "exact_match", "normalize_answer", "qa_prompt",
+    "answer_token_losses", "collate_qa", "encode_qa", "greedy_answers",
+    "count_parameters", "load_smollm2", "smollm2_gguf_path", "tiny_llama",
+    "active_profile", "register_sizes", "sizes", "seed_everything",
+]
