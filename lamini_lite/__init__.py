@@ -22,7 +22,7 @@ if _os.environ.get("LAMINI_LITE_NO_NETWORK") == "1":
 
 from .cache import cached, cached_model, fingerprint, ResultCache  # noqa: E402
 from .facts import Fact, FactError, exact_match, normalize_answer, qa_prompt  # noqa: E402
-from .lm import answer_token_losses, collate_qa, encode_qa, greedy_answers  # noqa: E402
+from .lm import answer_token_losses, collate_qa, encode_qa, greedy_answers, top_next_tokens  # noqa: E402
 from .models import count_parameters, load_smollm2, smollm2_gguf_path, tiny_llama  # noqa: E402
 from .profiles import active_profile, register_sizes, sizes  # noqa: E402
 from .seeding import seed_everything  # noqa: E402
@@ -32,7 +32,7 @@ __version__ = "0.1.0"
 __all__ = [
     "cached", "cached_model", "fingerprint", "ResultCache",
     "Fact", "FactError", "exact_match", "normalize_answer", "qa_prompt",
-    "answer_token_losses", "collate_qa", "encode_qa", "greedy_answers",
+    "answer_token_losses", "collate_qa", "encode_qa", "greedy_answers", "top_next_tokens",
     "count_parameters", "load_smollm2", "smollm2_gguf_path", "tiny_llama",
     "active_profile", "register_sizes", "sizes", "seed_everything",
 ]

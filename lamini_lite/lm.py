@@ -21,7 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 STOP = "\n"
 
 __all__ = ["STOP", "answer_target", "encode_qa", "collate_qa", "greedy_answers",
-           "answer_token_losses", "newline_token_ids"]
+           "answer_token_losses", "newline_token_ids", "top_next_tokens"]
 
 
 def answer_target(answer: str, stop: str = STOP) -> str:
@@ -177,3 +177,15 @@ def answer_token_losses(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
             result.append(tok_loss)
     model.train(was_training)
     return result
+
+
+@torch.no_grad()
+def top_next_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str,
+                    k: int = 10) -> list[tuple[str, float]]:
+    """The ``k`` most likely next tokens after ``prompt`` with their probabilities."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    probs = torch.softmax(model(input_ids=ids).logits[0, -1].float(), dim=-1)
+    top = probs.topk(k)
+    return [(tokenizer.decode([int(i)]), float(p)) for p, i in zip(top.values, top.indices)]

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import importlib.util
-import logging
 import os
 import shutil
 import tempfile
@@ -21,6 +20,8 @@ from pathlib import Path
 import torch
 from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM,
                           PreTrainedModel, PreTrainedTokenizerBase)
+
+from transformers.utils import logging as hf_logging
 
 from .cache import cache_root
 
@@ -91,14 +92,18 @@ def load_smollm2(dtype: torch.dtype = torch.float32, *, refresh: bool = False
     target = _converted_dir(gguf)
     if refresh or not (target / "config.json").is_file():
         _convert_smollm2(gguf, target)
-    quiet = logging.getLogger("transformers.modeling_utils")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
+    # Loading a local copy needs neither transformers' progress bar nor its notes.
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         model = AutoModelForCausalLM.from_pretrained(target, dtype=dtype, local_files_only=True)
         tok = AutoTokenizer.from_pretrained(target, local_files_only=True)
     finally:
-        quiet.setLevel(level)
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
     model.eval()
     return model, _prepare_tokenizer(tok)
 

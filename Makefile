@@ -1,0 +1,68 @@
+# lamini-lite: the two commands of the README.
+#   make book   set up, execute every notebook (book profile) and build the site
+#   make test   set up, run unit tests, run every notebook under nbval (ci profile),
+#               and build the site from the committed outputs
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PY := .venv/bin/python
+STAGE := scripts/stage.sh
+NOTEBOOKS := $(sort $(wildcard book/*.ipynb))
+
+# Everything runs offline: no model or data downloads at run time.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export PYTHONHASHSEED := 0
+
+.PHONY: help install book test unit notebooks-ci site-from-outputs execute-notebooks clean
+
+help:
+	@echo "make book   - set up .venv, execute every notebook and build the HTML site into _build/html"
+	@echo "make test   - set up .venv, run unit tests, run every notebook under nbval (ci profile),"
+	@echo "              and build the site from the committed notebook outputs"
+	@echo "make execute-notebooks - re-execute every notebook in place (book profile) before committing"
+
+install:
+	@$(STAGE) "install (.venv)" scripts/install.sh
+
+book: install
+	@rm -f _build/stage-times.txt
+	@echo "Executing $(words $(NOTEBOOKS)) notebooks in the '$${LAMINI_LITE_PROFILE:-book}' profile."
+	@echo "First run: about 30-60 minutes on a 2-core CPU (the first chapter also converts"
+	@echo "SmolLM2 and pretrains the synthetic backbone; both are cached). Unchanged"
+	@echo "notebooks are not re-executed on later runs (execution cache)."
+	@$(STAGE) "execute notebooks + build site" .venv/bin/jupyter-book build . --all -W --keep-going
+	@echo; echo "Stage times:"; cat _build/stage-times.txt
+	@echo "Open _build/html/index.html in a browser."
+
+test: install
+	@rm -f _build/stage-times.txt
+	@$(STAGE) "unit tests" $(MAKE) --no-print-directory unit
+	@$(STAGE) "notebooks under nbval (ci profile)" $(MAKE) --no-print-directory notebooks-ci
+	@$(STAGE) "site from committed outputs" $(MAKE) --no-print-directory site-from-outputs
+	@echo; echo "Stage times:"; cat _build/stage-times.txt
+
+unit:
+	$(PY) -m pytest tests -n 2 -q -p no:cacheprovider --durations=10
+
+# Notebooks run in the small ci profile, two at a time, one thread each;
+# LAMINI_LITE_NO_NETWORK=1 makes lamini_lite refuse any network connection.
+notebooks-ci:
+	LAMINI_LITE_PROFILE=ci LAMINI_LITE_NO_NETWORK=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
+	  $(PY) -m pytest --nbval-lax -p no:cacheprovider -n 2 --dist loadfile -q --durations=0 $(NOTEBOOKS)
+
+# The site built from the outputs committed in the notebooks, without executing them.
+site-from-outputs:
+	@mkdir -p _build
+	sed -e 's/^\(\s*execute_notebooks:\).*/\1 "off"/' _config.yml > _build/_config_no_exec.yml
+	.venv/bin/jupyter-book build . --all -W --keep-going --config _build/_config_no_exec.yml
+
+execute-notebooks: install
+	cd book && for nb in $(notdir $(NOTEBOOKS)); do \
+	  echo "executing $$nb"; \
+	  LAMINI_LITE_PROFILE=$${LAMINI_LITE_PROFILE:-book} ../.venv/bin/jupyter execute --inplace --timeout=3600 $$nb || exit 1; \
+	done
+
+clean:
+	rm -rf _build

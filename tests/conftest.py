@@ -1,0 +1,37 @@
+"""Test-suite guards: offline only, and a private result cache per session."""
+
+from __future__ import annotations
+
+import os
+
+# Before anything imports transformers or huggingface_hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+from lamini_lite import netguard  # noqa: E402
+
+# Any connection other than loopback fails loudly for the whole run.
+netguard.install()
+
+
+@pytest.fixture
+def tmp_cache(tmp_path, monkeypatch):
+    """A fresh, empty result cache for one test (LAMINI_LITE_CACHE points at it)."""
+    root = tmp_path / "cache"
+    monkeypatch.setenv("LAMINI_LITE_CACHE", str(root))
+    return root
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M-Instruct (model, tokenizer), loaded once per test session.
+
+    Tests must not modify it; load a fresh copy with load_smollm2() to train.
+    """
+    from lamini_lite.models import load_smollm2
+
+    return load_smollm2()
