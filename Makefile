@@ -33,6 +33,7 @@ book: install
 	@echo "SmolLM2 and pretrains the synthetic backbone; both are cached). Unchanged"
 	@echo "notebooks are not re-executed on later runs (execution cache)."
 	@$(STAGE) "execute notebooks + build site" .venv/bin/jupyter-book build . --all -W --keep-going
+	@$(PY) scripts/check_site.py _build/html
 	@echo; echo "Stage times:"; cat _build/stage-times.txt
 	@echo "Open _build/html/index.html in a browser."
 
@@ -57,6 +58,7 @@ site-from-outputs:
 	@mkdir -p _build
 	sed -e 's/^\(\s*execute_notebooks:\).*/\1 "off"/' _config.yml > _build/_config_no_exec.yml
 	.venv/bin/jupyter-book build . --all -W --keep-going --config _build/_config_no_exec.yml
+	$(PY) scripts/check_site.py _build/html
 
 execute-notebooks: install
 	cd book && for nb in $(notdir $(NOTEBOOKS)); do \
