@@ -1,0 +1,483 @@
+"""Chapter 1: generalization vs memorization, measured.
+
+Zhang et al. (2017) showed that image classifiers fit *random* labels to zero
+training loss, only a small constant factor slower than true labels, so
+small training loss says nothing about generalization. Li et al. (2024)
+transplanted the test to LLMs: fine-tuned on questions whose answers are
+random strings, Llama 3 memorizes them while still answering other questions
+sensibly. This module turns both claims and the paper's loss-threshold
+argument into measurements:
+
+* :func:`randomization_test` -- fine-tune the same backbone on the same
+  questions with a share ``noise`` of the answers replaced by random ones
+  (0 .. 100 %), and after every epoch measure the training facts (per-token
+  answer losses, greedy recall) *and* held-out quantities that do not
+  involve them (QA loss and accuracy on unrelated facts, agreement with the
+  base model's answers to unrelated questions);
+* :func:`epochs_to_criterion` -- how many epochs until every training fact
+  is recalled exactly (or the loss is below a level): the "slowdown factor"
+  of random answers;
+* :func:`threshold_check` and :func:`recall_vs_loss` -- the loss threshold:
+  if every answer token of a fact has loss ``-log p < ln 2`` then ``p > 1/2``,
+  so the correct token is the unique argmax at every step and greedy decoding
+  must reproduce the answer. We check the implication on every
+  (checkpoint, fact) point and show recall through the threshold region;
+* :func:`real_model_test` -- the same on SmolLM2 with its body frozen and a
+  few top layers (or a LoRA adapter) trained, and a before/after table in the
+  spirit of the paper's Table 1.
+
+Sizes come from ``sizes("memorization")``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .cache import cached
+from .facts import Fact, exact_match, normalize_answer, qa_prompt, with_random_answers
+from .finetune import finetune_qa
+from .lm import answer_token_losses, greedy_answers
+from .profiles import register_sizes
+
+__all__ = ["LN2", "fact_measurements", "threshold_check", "recall_vs_loss",
+           "epochs_to_criterion", "text_loss", "synthetic_setup", "randomization_test", "noise_summary",
+           "threshold_points", "real_model_test", "training_viewer",
+           "plot_training_story"]
+
+LN2 = math.log(2.0)
+
+register_sizes(
+    "memorization",
+    # Synthetic track: n_train facts memorized, n_unrelated held-out facts measured,
+    # noise = shares of random answers, answer_len = tokens of a random answer,
+    # seeds = seeds of the randomization test (facts, random answers, shuffles),
+    # max_text_loss_change = largest relative change of held-out text loss asserted.
+    # real_*: the SmolLM2 run of real_model_test (top layers or LoRA, random strings).
+    ci={"n_train": 32, "n_unrelated": 64, "noise": [0.0, 0.5, 1.0], "answer_len": 2,
+        "epochs": 30, "lr": 3e-3, "batch_size": 16, "trainable": "all", "seeds": [0],
+        "max_text_loss_change": 0.15,
+        "real_n_train": 8, "real_n_unrelated": 12, "real_epochs": 25, "real_lr": 2e-3,
+        "real_trainable": "top:2", "real_answer_len": 8, "real_batch_size": 8},
+    book={"n_train": 48, "n_unrelated": 96, "noise": [0.0, 0.25, 0.5, 0.75, 1.0],
+          "answer_len": 2, "epochs": 35, "lr": 3e-3, "batch_size": 16, "trainable": "all",
+          "seeds": [0], "max_text_loss_change": 0.15,
+          "real_n_train": 24, "real_n_unrelated": 24, "real_epochs": 30, "real_lr": 2e-3,
+          "real_trainable": "top:2", "real_answer_len": 8, "real_batch_size": 8},
+    full={"n_train": 256, "n_unrelated": 1000, "noise": [0.0, 0.25, 0.5, 0.75, 1.0],
+          "answer_len": 4, "epochs": 100, "lr": 2e-3, "batch_size": 32, "trainable": "all",
+          "seeds": [0, 1, 2, 3, 4], "max_text_loss_change": 0.15,
+          "real_n_train": 100, "real_n_unrelated": 100, "real_epochs": 100, "real_lr": 2e-4,
+          "real_trainable": "lora:32", "real_answer_len": 32, "real_batch_size": 16},
+)
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+def fact_measurements(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], *,
+                      batch_size: int = 64, max_new_tokens: int | None = None
+                      ) -> dict[str, list]:
+    """Per fact: answer-token losses and whether greedy decoding reproduces the answer.
+
+    Returns a dict of lists (one entry per fact): ``token_losses`` (nats, the
+    answer's tokens and its closing newline), ``max_loss``, ``mean_loss``,
+    ``prediction`` (greedy answer line) and ``recalled`` (exact match of the
+    prediction with the answer, :func:`~lamini_lite.facts.exact_match`).
+    ``max_new_tokens`` defaults to the longest answer's token count + 2.
+    """
+    if len(prompts) != len(answers):
+        raise ValueError(f"prompts and answers must have the same length, got "
+                         f"{len(prompts)} and {len(answers)}")
+    losses = answer_token_losses(model, tokenizer, prompts, answers, batch_size=batch_size)
+    if max_new_tokens is None:
+        max_new_tokens = max((len(x) for x in losses), default=1) + 2
+    preds = greedy_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                           batch_size=batch_size)
+    return {"token_losses": [[round(float(v), 6) for v in x] for x in losses],
+            "max_loss": [float(x.max()) for x in losses],
+            "mean_loss": [float(x.mean()) for x in losses],
+            "prediction": preds,
+            "recalled": [bool(exact_match(p, a)) for p, a in zip(preds, answers)]}
+
+
+def threshold_check(max_losses: Sequence[float], recalled: Sequence[bool],
+                    threshold: float = LN2) -> dict[str, Any]:
+    """Check "every answer token has loss < ``threshold`` => recalled" on many points.
+
+    Returns counts: ``n`` points, ``n_below`` (max token loss < threshold),
+    ``n_below_recalled``, ``violations`` (indices below the threshold but not
+    recalled: the implication says there are none for ``threshold = ln 2``),
+    ``share_below_recalled`` and ``n_above``/``n_above_recalled`` (above the
+    threshold recall is possible but not guaranteed).
+    """
+    if len(max_losses) != len(recalled):
+        raise ValueError(f"max_losses and recalled must have the same length, got "
+                         f"{len(max_losses)} and {len(recalled)}")
+    if not threshold > 0:
+        raise ValueError(f"threshold must be > 0, got {threshold!r}")
+    below = [i for i, v in enumerate(max_losses) if v < threshold]
+    above = [i for i, v in enumerate(max_losses) if v >= threshold]
+    violations = [i for i in below if not recalled[i]]
+    return {"n": len(max_losses), "n_below": len(below),
+            "n_below_recalled": len(below) - len(violations), "violations": violations,
+            "share_below_recalled": (1 - len(violations) / len(below)) if below else float("nan"),
+            "n_above": len(above), "n_above_recalled": sum(bool(recalled[i]) for i in above)}
+
+
+def recall_vs_loss(losses: Sequence[float], recalled: Sequence[bool],
+                   edges: Sequence[float] | None = None):
+    """Recall rate per loss bin, as a pandas DataFrame.
+
+    ``edges`` default to factor-of-2 bins ``ln 2 * 2**k`` for ``k = -8 .. 4``
+    (0.0027 to 11 nats), so ``ln 2`` is an edge. Columns: ``low``, ``high``, ``center`` (geometric), ``n``,
+    ``recall``. Empty bins are dropped.
+    """
+    import pandas as pd
+
+    if len(losses) != len(recalled):
+        raise ValueError(f"losses and recalled must have the same length, got "
+                         f"{len(losses)} and {len(recalled)}")
+    if edges is None:
+        edges = [LN2 * 2.0 ** k for k in range(-8, 5)]
+    edges = list(edges)
+    if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])):
+        raise ValueError(f"edges must be increasing with at least 2 values, got {edges!r}")
+    x = np.asarray(losses, dtype=float)
+    y = np.asarray(recalled, dtype=float)
+    rows = []
+    for lo, hi in zip(edges, edges[1:]):
+        sel = (x >= lo) & (x < hi)
+        if sel.any():
+            rows.append({"low": lo, "high": hi, "center": math.sqrt(lo * hi),
+                         "n": int(sel.sum()), "recall": float(y[sel].mean())})
+    return pd.DataFrame(rows)
+
+
+def epochs_to_criterion(curve: Sequence[float], target: float, *, above: bool = True,
+                        epochs: Sequence[int] | None = None) -> int | None:
+    """First epoch at which ``curve`` reaches ``target`` (and stays there to the end).
+
+    ``above=True`` means "value >= target" (e.g. recall 1.0); ``False`` means
+    "value <= target" (e.g. a loss level). ``epochs`` labels the entries of
+    ``curve`` (default 1, 2, ...). Returns None if it is never reached for good.
+    """
+    curve = list(curve)
+    labels = list(epochs) if epochs is not None else list(range(1, len(curve) + 1))
+    if len(labels) != len(curve):
+        raise ValueError("epochs must label every entry of curve")
+    ok = [(v >= target) if above else (v <= target) for v in curve]
+    if not ok or not ok[-1]:
+        return None
+    i = len(ok) - 1
+    while i > 0 and ok[i - 1]:
+        i -= 1
+    return labels[i]
+
+
+# --------------------------------------------------------------------------- synthetic track
+
+
+def text_loss(model, tokenizer, texts: Sequence[str], *, batch_size: int = 64) -> float:
+    """Mean next-token loss (nats per token) of ``texts`` after their first word.
+
+    A held-out *text* loss, the LM analogue of test error: each text is split
+    after its first word, which serves as the prompt; the rest (and a closing
+    newline) is scored with :func:`~lamini_lite.lm.answer_token_losses`.
+    """
+    heads, tails = [], []
+    for t in texts:
+        head, _, tail = t.strip().partition(" ")
+        if not tail:
+            raise ValueError(f"texts need at least two words, got {t!r}")
+        heads.append(head)
+        tails.append(tail)
+    losses = answer_token_losses(model, tokenizer, heads, tails, batch_size=batch_size)
+    return float(torch.cat(losses).mean())
+
+
+def synthetic_setup(n_train: int, n_unrelated: int, *, seed: int = 0, profile: str | None = None):
+    """Backbone, tokenizer and the fact sets of the synthetic randomization test.
+
+    Returns ``(model, tokenizer, world, train_facts, unrelated_facts)``: the
+    pretrained synthetic backbone (:func:`lamini_lite.pretrain.load_backbone`,
+    world seed 0), ``n_train`` facts whose QA pair was never in pretraining
+    (drawn with ``seed``), and ``n_unrelated`` facts about *other* people
+    (the held-out measures: their questions share nothing with the training
+    facts but the format).
+    """
+    from .pretrain import load_backbone
+
+    model, tok, world, _ = load_backbone(profile=profile, progress=False)
+    rng = random.Random(seed)
+    train = rng.sample(world.held_out_facts, n_train)
+    people = {f.subject for f in train}
+    others = [f for f in world.facts if f.subject not in people]
+    unrelated = rng.sample(others, n_unrelated)
+    return model, tok, world, train, unrelated
+
+
+def _noisy_facts(train: Sequence[Fact], noise: float, answer_len: int, seed: int,
+                 world=None) -> list[Fact]:
+    from .facts_synthetic import random_answer_variants
+    return random_answer_variants(world, train, noise, seed=seed, kind="code", length=answer_len)
+
+
+def _run_one(base, tok, train_facts: Sequence[Fact], unrelated: Sequence[Fact],
+             base_unrelated_preds: Sequence[str], *, epochs: int, lr: float, batch_size: int,
+             trainable: str, seed: int, progress: bool,
+             texts: Sequence[str] | None = None,
+             exemplars: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+    model = copy.deepcopy(base)
+    prompts = [qa_prompt(f.question, exemplars) for f in train_facts]
+    answers = [f.object for f in train_facts]
+    u_prompts = [qa_prompt(f.question, exemplars) for f in unrelated]
+    u_answers = [f.object for f in unrelated]
+
+    def evaluate(m, epoch):
+        t = fact_measurements(m, tok, prompts, answers)
+        u = fact_measurements(m, tok, u_prompts, u_answers)
+        extra = {"text_loss": text_loss(m, tok, texts)} if texts else {}
+        return {"epoch": epoch, **extra,
+                "train_token_losses": t["token_losses"], "train_pred": t["prediction"],
+                "train_recalled": t["recalled"], "train_max_loss": t["max_loss"],
+                "train_mean_loss": t["mean_loss"], "unrelated_pred": u["prediction"],
+                "unrelated_loss": float(np.mean(u["mean_loss"])),
+                "unrelated_accuracy": float(np.mean(u["recalled"])),
+                "agreement": float(np.mean([normalize_answer(p) == normalize_answer(b) for p, b
+                                            in zip(u["prediction"], base_unrelated_preds)]))}
+
+    hist = finetune_qa(model, tok, prompts, answers, epochs=epochs, lr=lr,
+                       batch_size=batch_size, trainable=trainable, seed=seed,
+                       eval_fn=evaluate, eval_at_start=True, progress=progress,
+                       desc="memorize")
+    return hist.to_dict()
+
+
+def randomization_test(noise_levels: Sequence[float], *, n_train: int, n_unrelated: int,
+                       answer_len: int, epochs: int, lr: float, batch_size: int,
+                       trainable: str = "all", seed: int = 0, profile: str | None = None,
+                       progress: bool = True) -> dict[str, Any]:
+    """Zhang et al.'s randomization test on the synthetic backbone (cached).
+
+    For each share ``noise`` of random answers (random code tokens, see
+    :func:`lamini_lite.facts_synthetic.random_answer_variants`, ``answer_len``
+    tokens each), fine-tune a fresh copy of the backbone on the same
+    ``n_train`` questions and measure after every epoch (epoch 0 = before):
+    per training fact its answer-token losses, greedy prediction and recall;
+    on ``n_unrelated`` other facts the mean answer loss, the accuracy and the
+    agreement with the base model's answers.
+
+    Returns ``{"noise": [...], "runs": [history dict per noise level],
+    "train_facts": [...], "unrelated": [...], "base_unrelated": [...]}``
+    (facts as dicts; each run's ``evals`` hold the per-epoch measurements).
+    """
+    for v in noise_levels:
+        if not 0 <= v <= 1:
+            raise ValueError(f"noise levels must be in [0, 1], got {v!r}")
+    inputs = {"noise": list(noise_levels), "n_train": n_train, "n_unrelated": n_unrelated,
+              "answer_len": answer_len, "epochs": epochs, "lr": lr, "batch_size": batch_size,
+              "trainable": trainable, "seed": seed, "profile_sizes": _backbone_key(profile),
+              "version": 3}
+
+    def compute():
+        base, tok, world, train, unrelated = synthetic_setup(n_train, n_unrelated, seed=seed,
+                                                             profile=profile)
+        # Held-out text: one corpus statement of every unrelated fact.
+        texts = [world.statements(f)[0] for f in unrelated]
+        base_preds = greedy_answers(base, tok, [qa_prompt(f.question) for f in unrelated],
+                                    max_new_tokens=6, batch_size=64)
+        runs, sets = [], []
+        for noise in noise_levels:
+            facts = _noisy_facts(train, noise, answer_len, seed)
+            sets.append([f.to_dict() for f in facts])
+            runs.append(_run_one(base, tok, facts, unrelated, base_preds, epochs=epochs, lr=lr,
+                                 batch_size=batch_size, trainable=trainable, seed=seed,
+                                 progress=progress, texts=texts))
+        return {"noise": list(noise_levels), "runs": runs, "train_facts": sets,
+                "unrelated": [f.to_dict() for f in unrelated], "base_unrelated": base_preds}
+
+    return cached("memorization_randomization", inputs, compute)
+
+
+def _backbone_key(profile: str | None) -> dict[str, Any]:
+    from .facts_synthetic import WORLD_VERSION
+    from .profiles import sizes
+    return {"pretrain": dict(sizes("pretrain", profile)),
+            "world": dict(sizes("facts_synthetic", profile)), "world_version": WORLD_VERSION}
+
+
+def noise_summary(result: dict[str, Any], *, loss_target: float = 0.05):
+    """One row per noise level: epochs to 100 % recall and to a train loss of
+    ``loss_target``, final train loss and recall, and the held-out measures
+    before and after (a pandas DataFrame)."""
+    import pandas as pd
+
+    rows = []
+    for noise, run, facts in zip(result["noise"], result["runs"], result["train_facts"]):
+        evals = run["evals"]
+        recall = [float(np.mean(e["train_recalled"])) for e in evals]
+        e_epochs = [e["epoch"] for e in evals]
+        is_random = [bool(f["meta"].get("random_answer")) for f in facts]
+        first, last = evals[0], evals[-1]
+        rows.append({
+            "noise": noise,
+            "epochs_to_full_recall": epochs_to_criterion(recall, 1.0, epochs=e_epochs),
+            "epochs_to_loss": epochs_to_criterion(run["train_loss"], loss_target, above=False),
+            "final_train_loss": run["train_loss"][-1],
+            "recall_before": recall[0], "final_recall": recall[-1],
+            "random_recalled": (float(np.mean([r for r, m in zip(last["train_recalled"],
+                                                                 is_random) if m]))
+                                if any(is_random) else float("nan")),
+            "text_loss_before": first.get("text_loss", float("nan")),
+            "text_loss_after": last.get("text_loss", float("nan")),
+            "unrelated_loss_before": first["unrelated_loss"],
+            "unrelated_loss_after": last["unrelated_loss"],
+            "unrelated_acc_before": first["unrelated_accuracy"],
+            "unrelated_acc_after": last["unrelated_accuracy"],
+            "agreement_after": last["agreement"],
+        })
+    return pd.DataFrame(rows)
+
+
+def threshold_points(result: dict[str, Any]):
+    """Every (run, epoch, training fact) as a row: noise, epoch, fact index,
+    max and mean answer-token loss, recalled, random answer or not (DataFrame)."""
+    import pandas as pd
+
+    rows = []
+    for noise, run, facts in zip(result["noise"], result["runs"], result["train_facts"]):
+        for e in run["evals"]:
+            for i, f in enumerate(facts):
+                rows.append({"noise": noise, "epoch": e["epoch"], "fact": i,
+                             "max_loss": e["train_max_loss"][i],
+                             "mean_loss": e["train_mean_loss"][i],
+                             "recalled": bool(e["train_recalled"][i]),
+                             "random_answer": bool(f["meta"].get("random_answer"))})
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- real track
+
+
+def real_model_test(*, n_train: int, n_unrelated: int, answer_len: int, epochs: int, lr: float,
+                    batch_size: int, trainable: str = "top:2", shots: int = 2, seed: int = 0,
+                    progress: bool = True) -> dict[str, Any]:
+    """Li et al.'s random-answer experiment on SmolLM2-135M-Instruct (cached).
+
+    Real facts (:func:`lamini_lite.facts_real.load_real_facts`) are split into
+    ``n_train`` questions whose answers are replaced by random
+    ``answer_len``-character strings and ``n_unrelated`` other questions.
+    SmolLM2 is fine-tuned with only ``trainable`` learning (top layers or a
+    LoRA adapter; the rest frozen) and measured before and after every epoch.
+    Questions are asked with ``shots`` true exemplars from other facts in
+    front (an instruct model asked zero-shot often answers in sentences).
+    Returns the history (``evals`` per epoch as in :func:`randomization_test`)
+    plus the questions, the gold and random answers and the base model's
+    answers.
+    """
+    inputs = {"n_train": n_train, "n_unrelated": n_unrelated, "answer_len": answer_len,
+              "epochs": epochs, "lr": lr, "batch_size": batch_size, "trainable": trainable,
+              "shots": shots, "seed": seed, "version": 3}
+
+    def compute():
+        from .facts_real import load_real_facts
+        from .models import load_smollm2
+
+        model, tok = load_smollm2()
+        pool = load_real_facts(seed=seed)
+        rng = random.Random(seed)
+        chosen = rng.sample(pool, n_train + n_unrelated + shots)
+        train_true = chosen[:n_train]
+        unrelated = chosen[n_train:n_train + n_unrelated]
+        exemplars = [(f.question, f.object) for f in chosen[n_train + n_unrelated:]]
+        train = with_random_answers(train_true, length=answer_len, fraction=1.0, seed=seed)
+        base_preds = greedy_answers(model, tok, [qa_prompt(f.question, exemplars)
+                                                 for f in unrelated],
+                                    max_new_tokens=12, batch_size=32)
+        base_train_preds = greedy_answers(model, tok, [qa_prompt(f.question, exemplars)
+                                                       for f in train],
+                                          max_new_tokens=12, batch_size=32)
+        run = _run_one(model, tok, train, unrelated, base_preds, epochs=epochs, lr=lr,
+                       batch_size=batch_size, trainable=trainable, seed=seed,
+                       progress=progress, exemplars=exemplars)
+        return {"run": run, "train_facts": [f.to_dict() for f in train],
+                "unrelated": [f.to_dict() for f in unrelated], "base_unrelated": base_preds,
+                "exemplars": [list(e) for e in exemplars],
+                "base_train": base_train_preds}
+
+    return cached("memorization_smollm2", inputs, compute)
+
+
+# --------------------------------------------------------------------------- views
+
+
+def training_viewer(run: dict[str, Any], tokenizer, facts: Sequence[dict], fact_index: int = 0):
+    """An ipywidgets slider over the stored epochs of ``run`` for one training fact.
+
+    Shows the fact's question, target, the greedy answer at that epoch and a
+    bar chart of its per-token losses with the ``ln 2`` line. Returns the
+    widget (display it); nothing blocks.
+    """
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+
+    evals = run["evals"]
+    fact = facts[fact_index]
+    target_tokens = [tokenizer.decode([t]) for t in
+                     tokenizer(" " + fact["object"] + "\n", add_special_tokens=False)["input_ids"]]
+    labels = [repr(t.strip() or t)[1:-1] for t in target_tokens]
+    out = widgets.Output()
+
+    def show(i):
+        e = evals[i]
+        with out:
+            out.clear_output(wait=True)
+            fig, ax = plt.subplots(figsize=(6, 2.6))
+            losses = e["train_token_losses"][fact_index]
+            ax.bar(range(len(losses)), losses, color=["tab:green" if v < LN2 else "tab:red"
+                                                      for v in losses])
+            ax.axhline(LN2, ls="--", c="k", lw=1, label="ln 2")
+            ax.set_xticks(range(len(losses)), labels[:len(losses)])
+            ax.set_ylabel("token loss (nats)")
+            ax.set_title(f"epoch {e['epoch']}: greedy answer = {e['train_pred'][fact_index]!r}"
+                         f"  (target {fact['object']!r})", fontsize=9)
+            ax.legend(loc="upper right")
+            plt.show()
+
+    slider = widgets.IntSlider(value=0, min=0, max=len(evals) - 1, description="checkpoint")
+    slider.observe(lambda ch: show(ch["new"]), names="value")
+    show(0)
+    return widgets.VBox([widgets.HTML(f"<b>Q:</b> {fact['question']}"), slider, out])
+
+
+def plot_training_story(run: dict[str, Any], facts: Sequence[dict], fact_index: int = 0,
+                        ax=None):
+    """Static figure: one fact's max and mean answer-token loss per epoch, shaded
+    where greedy decoding recalls it, with the ``ln 2`` line. Returns the axes."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3))
+    evals = run["evals"]
+    ep = [e["epoch"] for e in evals]
+    ax.plot(ep, [e["train_max_loss"][fact_index] for e in evals], "o-", label="max token loss")
+    ax.plot(ep, [e["train_mean_loss"][fact_index] for e in evals], "s--", ms=3,
+            label="mean token loss")
+    for e in evals:
+        if e["train_recalled"][fact_index]:
+            ax.axvspan(e["epoch"] - 0.5, e["epoch"] + 0.5, color="tab:green", alpha=0.15, lw=0)
+    ax.axhline(LN2, c="k", ls=":", lw=1, label="ln 2")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("answer-token loss (nats)")
+    ax.set_title(f"{facts[fact_index]['question']} -> {facts[fact_index]['object']!r}"
+                 " (green: recalled)", fontsize=9)
+    ax.legend(fontsize=8)
+    return ax

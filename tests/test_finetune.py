@@ -1,0 +1,189 @@
+import pytest
+import torch
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from lamini_lite.finetune import (FinetuneHistory, decoder_layers, finetune_qa, has_lora,
+                                  merge_lora, select_trainable, unload_lora)
+from lamini_lite.lm import answer_token_losses, greedy_answers
+from lamini_lite.models import tiny_llama
+
+WORDS = ["Q:", "A:", "who", "likes", "what", "?"] + [f"n{i}" for i in range(8)] + \
+        [f"w{i}" for i in range(12)]
+
+
+def toy_tokenizer():
+    """A word-level tokenizer: words split on spaces, newline is its own token."""
+    vocab = {"<pad>": 0, "<unk>": 1, "\n": 2}
+    for w in WORDS:
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(" "), behavior="removed"),
+        pre_tokenizers.Split(Regex("\n"), behavior="isolated")])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>")
+    fast.padding_side = "left"
+    return fast
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny models train ~10x faster on one thread than on a busy shared pool.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture
+def toy():
+    tok = toy_tokenizer()
+    model = tiny_llama(len(tok), hidden_size=64, num_layers=2, num_heads=2, seed=0)
+    prompts = [f"Q: what n{i} likes ?\nA:" for i in range(8)]
+    answers = [f"w{(3 * i) % 12} w{(5 * i + 1) % 12}" for i in range(8)]
+    return model, tok, prompts, answers
+
+
+def test_toy_tokenizer_round_trip(toy):
+    _, tok, prompts, answers = toy
+    ids = tok(" " + answers[0] + "\n", add_special_tokens=False)["input_ids"]
+    assert 1 not in ids and ids[-1] == 2  # no unknown words; newline ends it
+    assert tok.decode(ids).split("\n")[0].split() == answers[0].split()
+
+
+def test_training_reduces_loss_and_memorizes(toy):
+    model, tok, prompts, answers = toy
+    before = [float(x.mean()) for x in answer_token_losses(model, tok, prompts, answers)]
+    hist = finetune_qa(model, tok, prompts, answers, epochs=80, lr=3e-3, batch_size=8,
+                       seed=0, progress=False)
+    after = [float(x.mean()) for x in answer_token_losses(model, tok, prompts, answers)]
+    assert isinstance(hist, FinetuneHistory) and hist.epochs_run == 80
+    assert len(hist.train_loss) == 80 and len(hist.step_loss) == 80
+    assert hist.train_loss[-1] < 0.1 * hist.train_loss[0]
+    assert max(after) < 0.1 < min(before)
+    got = greedy_answers(model, tok, prompts, max_new_tokens=4)
+    assert [g.split() for g in got] == [a.split() for a in answers]
+    assert not model.training
+
+
+def test_deterministic_for_a_seed(toy):
+    _, tok, prompts, answers = toy
+    runs = []
+    for seed in (0, 0, 1):
+        model = tiny_llama(len(tok), hidden_size=64, num_layers=2, num_heads=2, seed=0)
+        h = finetune_qa(model, tok, prompts, answers, epochs=3, lr=1e-3, batch_size=3,
+                        seed=seed, progress=False)
+        runs.append((h.step_loss, model.state_dict()))
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(runs[0][1][k], runs[1][1][k]) for k in runs[0][1])
+    assert runs[0][0] != runs[2][0]  # another seed shuffles differently
+
+
+def _changed(model, before):
+    return {k for k, v in model.state_dict().items() if k in before and not torch.equal(v, before[k])}
+
+
+def test_top_n_trains_only_top_layers(toy):
+    model, tok, prompts, answers = toy
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [p.requires_grad for p in model.parameters()]
+    h = finetune_qa(model, tok, prompts, answers, epochs=2, lr=1e-3, batch_size=4,
+                    trainable="top:1", progress=False)
+    changed = _changed(model, before)
+    assert changed and all(k.startswith("model.layers.1.") for k in changed)
+    assert h.n_trainable == sum(p.numel() for p in decoder_layers(model)[1].parameters())
+    assert [p.requires_grad for p in model.parameters()] == flags  # flags restored
+
+
+def test_lora_trains_only_adapters_and_merges(toy):
+    model, tok, prompts, answers = toy
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    h = finetune_qa(model, tok, prompts, answers, epochs=30, lr=1e-2, batch_size=4,
+                    trainable="lora:4", progress=False)
+    assert has_lora(model) and h.train_loss[-1] < h.train_loss[0] - 0.3
+    state = model.state_dict()
+    lora_keys = [k for k in state if "lora_" in k]
+    assert lora_keys
+    for k, v in before.items():  # base weights untouched (names gain '.base_layer')
+        k2 = k if k in state else k.replace(".weight", ".base_layer.weight")
+        assert torch.equal(state[k2], v), k
+    # our utilities work on the adapted model, and merging keeps its function
+    prompts2 = prompts[:3]
+    ans_lora = greedy_answers(model, tok, prompts2, max_new_tokens=4)
+    loss_lora = answer_token_losses(model, tok, prompts2, answers[:3])
+    merge_lora(model)
+    assert not has_lora(model) and type(model.model.layers[0].self_attn.q_proj) is torch.nn.Linear
+    assert greedy_answers(model, tok, prompts2, max_new_tokens=4) == ans_lora
+    for a, b in zip(loss_lora, answer_token_losses(model, tok, prompts2, answers[:3])):
+        assert torch.allclose(a, b, atol=1e-4)
+    assert set(model.state_dict()) == set(before)
+
+
+def test_unload_lora_restores_base(toy):
+    model, tok, prompts, answers = toy
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    finetune_qa(model, tok, prompts, answers, epochs=2, lr=1e-2, batch_size=4,
+                trainable="lora:2", progress=False)
+    unload_lora(model)
+    after = model.state_dict()
+    assert set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before)
+    with pytest.raises(ValueError, match="no LoRA"):
+        merge_lora(model)
+
+
+def test_callable_trainable_and_eval_hooks(toy):
+    model, tok, prompts, answers = toy
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seen = []
+
+    def only_norm(m):
+        return [m.model.norm.weight]
+
+    def stop_at_3(epoch, history):
+        seen.append((epoch, len(history.train_loss)))
+        return epoch == 3
+
+    h = finetune_qa(model, tok, prompts, answers, epochs=10, lr=1e-2, batch_size=8,
+                    trainable=only_norm, eval_fn=lambda m, e: {"epoch": e, "train": m.training},
+                    eval_at_start=True, eval_every=2, on_epoch_end=stop_at_3, progress=False)
+    assert _changed(model, before) == {"model.norm.weight"}
+    assert h.stopped_early and h.epochs_run == 3 and seen == [(1, 1), (2, 2), (3, 3)]
+    assert h.eval_epochs == [0, 2, 3] and all(e["train"] is False for e in h.evals)
+    assert FinetuneHistory.from_dict(h.to_dict()) == h
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"trainable": "top"}, "trainable"), ({"trainable": "lora:0"}, ">= 1"),
+    ({"trainable": "all:3"}, "trainable"), ({"trainable": "top:9"}, "only 2"),
+    ({"trainable": 3}, "trainable"), ({"epochs": 0}, "epochs"), ({"lr": 0.0}, "lr"),
+    ({"batch_size": 0}, "batch_size"), ({"optimizer": "lion"}, "optimizer"),
+])
+def test_bad_arguments(toy, kwargs, match):
+    model, tok, prompts, answers = toy
+    args = dict(epochs=1, lr=1e-3, progress=False) | kwargs
+    with pytest.raises(ValueError, match=match):
+        finetune_qa(model, tok, prompts, answers, **args)
+
+
+def test_mismatched_lengths(toy):
+    model, tok, prompts, answers = toy
+    with pytest.raises(ValueError, match="same length"):
+        finetune_qa(model, tok, prompts, answers[:-1], epochs=1, lr=1e-3)
+    with pytest.raises(TypeError, match="lists of strings"):
+        finetune_qa(model, tok, prompts[0], answers[0], epochs=1, lr=1e-3)
+
+
+def test_adafactor_option_trains(toy):
+    model, tok, prompts, answers = toy
+    h = finetune_qa(model, tok, prompts, answers, epochs=10, lr=1e-2, batch_size=4,
+                    optimizer="adafactor", progress=False)
+    assert h.train_loss[-1] < h.train_loss[0]
+
+
+def test_select_trainable_all_then_lora_reuses_adapters(toy):
+    model, *_ = toy
+    n_all = len(select_trainable(model, "all"))
+    assert n_all == len(list(model.parameters()))
+    first = select_trainable(model, "lora:2")
+    again = select_trainable(model, "lora:2")
+    assert [id(p) for p in first] == [id(p) for p in again]

@@ -1,0 +1,151 @@
+import math
+
+import pytest
+import torch
+
+from lamini_lite.facts import Fact
+from lamini_lite.finetune import finetune_qa
+from lamini_lite.memorization import (LN2, _run_one, epochs_to_criterion, fact_measurements,
+                                      recall_vs_loss, threshold_check)
+from lamini_lite.models import tiny_llama
+from lamini_lite.profiles import sizes
+
+from test_finetune import toy_tokenizer  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _facts(n, offset=0):
+    return [Fact(subject=f"n{i}", relation="likes", object=f"w{(3 * i + offset) % 12} w{(5 * i + 1) % 12}",
+                 question=f"what n{i} likes ?") for i in range(n)]
+
+
+def _qa(facts):
+    return [f"Q: {f.question}\nA:" for f in facts], [f.object for f in facts]
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A tiny model trained on 8 facts, measured after every epoch."""
+    torch.set_num_threads(1)
+    tok = toy_tokenizer()
+    model = tiny_llama(len(tok), hidden_size=64, num_layers=2, num_heads=2, seed=0)
+    prompts, answers = _qa(_facts(8))
+    hist = finetune_qa(model, tok, prompts, answers, epochs=30, lr=3e-3, batch_size=8,
+                       progress=False,
+                       eval_fn=lambda m, e: fact_measurements(m, tok, prompts, answers))
+    return model, tok, prompts, answers, hist.evals
+
+
+def test_fact_measurements_and_threshold_implication(trained):
+    model, tok, prompts, answers, evals = trained
+    m = evals[-1]
+    assert set(m) == {"token_losses", "max_loss", "mean_loss", "prediction", "recalled"}
+    assert all(len(x) == 3 for x in m["token_losses"])  # two words + newline
+    for tl, mx, mean in zip(m["token_losses"], m["max_loss"], m["mean_loss"]):
+        assert mx == pytest.approx(max(tl), abs=1e-5) and mean <= mx + 1e-6
+    assert all(m["recalled"]) and m["prediction"] == answers
+    # Across checkpoints: a mix of recalled and not, and never a fact below ln 2 forgotten.
+    max_loss = [v for e in evals for v in e["max_loss"]]
+    recalled = [v for e in evals for v in e["recalled"]]
+    assert 0 < sum(recalled) < len(recalled)
+    check = threshold_check(max_loss, recalled)
+    assert check["n_below"] > 0 and check["violations"] == []
+    assert check["n_above"] > 0
+    # A wrong answer's losses are high and it is not "recalled"
+    wrong = fact_measurements(model, tok, prompts[:2], ["w11 w11", "w10 w10"])
+    assert not any(wrong["recalled"]) and min(wrong["max_loss"]) > LN2
+    with pytest.raises(ValueError, match="same length"):
+        fact_measurements(model, tok, prompts, answers[:-1])
+
+
+def test_threshold_check_counts_and_violations():
+    r = threshold_check([0.1, 0.5, 0.8, 2.0, 0.3], [True, True, False, True, False])
+    assert r["n"] == 5 and r["n_below"] == 3 and r["violations"] == [4]
+    assert r["n_below_recalled"] == 2 and r["share_below_recalled"] == pytest.approx(2 / 3)
+    assert r["n_above"] == 2 and r["n_above_recalled"] == 1
+    ok = threshold_check([0.1, 0.69], [True, True])
+    assert ok["violations"] == [] and ok["share_below_recalled"] == 1.0
+    assert math.isnan(threshold_check([1.0], [True])["share_below_recalled"])
+    with pytest.raises(ValueError, match="same length"):
+        threshold_check([0.1], [True, False])
+    with pytest.raises(ValueError, match="threshold"):
+        threshold_check([0.1], [True], threshold=0)
+
+
+def test_recall_vs_loss_bins():
+    df = recall_vs_loss([0.01, 0.02, 0.5, 1.0, 3.0, 5.0], [1, 1, 1, 0, 0, 1])
+    assert df["n"].sum() == 6
+    assert list(df["recall"])[0] == 1.0
+    assert any(abs(x - LN2) < 1e-9 for x in df["high"])  # ln 2 is a bin edge
+    df2 = recall_vs_loss([0.5, 1.5], [1, 0], edges=[0, 1, 2])
+    assert list(df2["recall"]) == [1.0, 0.0]
+    with pytest.raises(ValueError, match="edges"):
+        recall_vs_loss([0.5], [1], edges=[1, 0])
+
+
+def test_epochs_to_criterion():
+    assert epochs_to_criterion([0.1, 0.5, 1.0, 0.9, 1.0, 1.0], 1.0) == 5
+    assert epochs_to_criterion([3.0, 1.0, 0.04, 0.01], 0.05, above=False) == 3
+    assert epochs_to_criterion([0.0, 0.5], 1.0) is None
+    assert epochs_to_criterion([0.0, 1.0], 1.0, epochs=[0, 5]) == 5
+    with pytest.raises(ValueError, match="label"):
+        epochs_to_criterion([1.0], 1.0, epochs=[1, 2])
+
+
+def test_run_one_records_every_epoch():
+    tok = toy_tokenizer()
+    base = tiny_llama(len(tok), hidden_size=64, num_layers=2, num_heads=2, seed=0)
+    train, unrelated = _facts(4), _facts(8)[4:]
+    u_prompts, _ = _qa(unrelated)
+    from lamini_lite.lm import greedy_answers
+    base_preds = greedy_answers(base, tok, [f"Q: {f.question}\nA:" for f in unrelated],
+                                max_new_tokens=6)
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    run = _run_one(base, tok, train, unrelated, base_preds, epochs=3, lr=3e-3, batch_size=4,
+                   trainable="all", seed=0, progress=False)
+    assert all(torch.equal(v, base.state_dict()[k]) for k, v in before.items())  # copy trained
+    assert [e["epoch"] for e in run["evals"]] == [0, 1, 2, 3]
+    assert run["evals"][0]["agreement"] == 1.0  # epoch 0 is the base model itself
+    assert len(run["evals"][-1]["train_recalled"]) == 4 and len(run["train_loss"]) == 3
+
+
+@pytest.mark.parametrize("profile", ["ci", "book", "full"])
+def test_sizes_registered(profile):
+    s = sizes("memorization", profile)
+    assert 0.0 in s.noise and 1.0 in s.noise and len(s.seeds) >= 1
+    assert s.n_train >= 8 and s.epochs >= 1
+
+
+def test_text_loss_and_summaries_on_a_toy_run():
+    from lamini_lite.memorization import noise_summary, text_loss, threshold_points
+    tok = toy_tokenizer()
+    base = tiny_llama(len(tok), hidden_size=64, num_layers=2, num_heads=2, seed=0)
+    texts = ["n1 likes w3", "n2 likes w4 w5"]
+    assert text_loss(base, tok, texts) > 1.0  # untrained: about ln(vocab)
+    with pytest.raises(ValueError, match="two words"):
+        text_loss(base, tok, ["w1"])
+    train, unrelated = _facts(4), _facts(6)[4:]
+    run = _run_one(base, tok, train, unrelated, ["w0", "w0"], epochs=2, lr=3e-3, batch_size=4,
+                   trainable="all", seed=0, progress=False, texts=texts)
+    assert all("text_loss" in e and "unrelated_pred" in e for e in run["evals"])
+    facts = [dict(f.to_dict(), meta={"random_answer": i % 2 == 0}) for i, f in enumerate(train)]
+    result = {"noise": [0.5], "runs": [run], "train_facts": [facts]}
+    table = noise_summary(result)
+    assert list(table["noise"]) == [0.5] and table["text_loss_before"][0] > 1.0
+    pts = threshold_points(result)
+    assert len(pts) == 3 * 4 and pts["random_answer"].sum() == 3 * 2
+    # the interactive view and its static twin build without blocking
+    import matplotlib
+    matplotlib.use("Agg")
+    from lamini_lite.memorization import plot_training_story, training_viewer
+    widget = training_viewer(run, tok, facts, fact_index=1)
+    assert len(widget.children) == 3
+    ax = plot_training_story(run, facts, fact_index=1)
+    assert ax.get_ylabel() == "answer-token loss (nats)"
