@@ -1,0 +1,148 @@
+"""MoME vs fine-tuning at equal recall: params updated, wall time, peak RAM; lookup scaling.
+
+Usage::
+
+    python -m lamini_lite.bench mome [--facts 20] [--n-keys 1024] [--answer-chars 32]
+                                     [--methods mome,top2] [--scale] [--seed 0]
+
+Each method runs in its own process (so peak RSS is its own) on SmolLM2-135M:
+memorize the same random-answer facts until greedy recall is 100% (or the
+budget ends) and report what it cost. ``--scale`` prints selection + lookup
+time per token and the memory footprint as the expert count grows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+__all__ = ["main", "lookup_scaling", "run_method"]
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_method(method: str, n_facts: int, n_keys: int, answer_chars: int, seed: int,
+               budget_s: float) -> dict:
+    """Memorize ``n_facts`` random facts with ``method`` ("mome", "top2" or "full")."""
+    from lamini_lite.models import count_parameters, load_smollm2
+    from lamini_lite.mome import (MoMEConfig, add_memory_experts, fact_recall, memorize,
+                                  random_code_facts)
+
+    model, tok = load_smollm2()
+    prompts, answers, _ = random_code_facts(n_facts, answer_chars=answer_chars, seed=seed)
+    t0 = time.perf_counter()
+    if method == "mome":
+        add_memory_experts(model, MoMEConfig.preset("scale", n_keys=n_keys), tokenizer=tok)
+        res = memorize(model, tok, prompts, answers, max_epochs=100, max_seconds=budget_s,
+                       progress=False, seed=seed)
+        recall, updated, epochs = res.recall, res.params_updated, res.epochs
+    elif method in ("top2", "full"):
+        from lamini_lite.finetune import finetune_qa
+
+        state = {"recall": 0.0}
+
+        def stop(epoch, history):
+            state["recall"] = sum(fact_recall(model, tok, prompts, answers)) / len(prompts)
+            return state["recall"] == 1.0 or time.perf_counter() - t0 > budget_s
+
+        trainable = "top:2" if method == "top2" else "all"
+        lr = 1e-4 if method == "top2" else 3e-5
+        hist = finetune_qa(model, tok, prompts, answers, epochs=200, lr=lr, batch_size=8,
+                           trainable=trainable, seed=seed, on_epoch_end=stop, progress=False)
+        recall = state["recall"]
+        epochs = len(getattr(hist, "losses", [])) or None
+        n_layers = len(model.model.layers)
+        updated = (count_parameters(model) if method == "full" else
+                   sum(p.numel() for layer in model.model.layers[n_layers - 2:]
+                       for p in layer.parameters()))
+    else:
+        raise ValueError(f"unknown method {method!r}; expected mome, top2 or full")
+    return {"method": method, "facts": n_facts, "recall": recall, "epochs": epochs,
+            "params_updated": int(updated), "wall_s": round(time.perf_counter() - t0, 1),
+            "peak_rss_mb": round(_peak_rss_mb())}
+
+
+@torch.no_grad()
+def lookup_scaling(log2_sizes, *, tokens: int = 1024, hidden: int = 576, heads: int = 4,
+                   topk: int = 8, key_dim: int = 256, written_rows: int = 4096,
+                   repeats: int = 3, seed: int = 0) -> list[dict]:
+    """Selection + lookup time per token and memory footprint for N = 2**s experts.
+
+    ``s`` must be even (N = n_keys**2). ``written_rows`` rows hold values, as
+    after memorizing a few hundred facts; the dense equivalent (all N rows) is
+    reported beside the sparse store's actual size.
+    """
+    from lamini_lite.mome import MemoryLayer, MoMEConfig, memory_lookup
+
+    out = []
+    x = torch.randn(tokens, hidden, generator=torch.Generator().manual_seed(seed))
+    for s in log2_sizes:
+        if s % 2:
+            raise ValueError(f"log2 sizes must be even (N = n_keys**2), got {s}")
+        cfg = MoMEConfig(n_keys=2 ** (s // 2), heads=heads, topk=min(topk, 2 ** (s // 2)),
+                         key_dim=key_dim, query_norm="none", gate="none", seed=seed)
+        mem = MemoryLayer(cfg, hidden)
+        mem.allocate(torch.randperm(cfg.n_experts)[:min(written_rows, cfg.n_experts)])
+        best = float("inf")
+        for _ in range(repeats):
+            t = time.perf_counter()
+            rows, w, _ = mem.select(x)
+            memory_lookup(mem.values, mem.row_map[rows], w)
+            best = min(best, time.perf_counter() - t)
+        keys = sum(getattr(mem, n).numel() * getattr(mem, n).element_size()
+                   for n in ("proj", "subkeys", "row_map"))
+        out.append({"log2_experts": s, "experts": cfg.n_experts,
+                    "us_per_token": 1e6 * best / tokens,
+                    "selector_mb": keys / 2 ** 20,
+                    "store_mb": mem.n_used * hidden * 4 / 2 ** 20,
+                    "dense_values_mb": cfg.n_experts * hidden * 4 / 2 ** 20})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lamini_lite.bench mome", description=__doc__)
+    ap.add_argument("--facts", type=int, default=20)
+    ap.add_argument("--n-keys", type=int, default=1024, help="sqrt of the expert count")
+    ap.add_argument("--answer-chars", type=int, default=32)
+    ap.add_argument("--methods", default="mome,top2")
+    ap.add_argument("--budget-s", type=float, default=1500.0, help="per method")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scale", action="store_true", help="also run the lookup scaling table")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.worker:
+        print("RESULT " + json.dumps(run_method(a.worker, a.facts, a.n_keys, a.answer_chars,
+                                                a.seed, a.budget_s)), flush=True)
+        return 0
+    rows = []
+    for m in [m.strip() for m in a.methods.split(",") if m.strip()]:
+        cmd = [sys.executable, "-m", "lamini_lite.bench", "mome", "--worker", m,
+               "--facts", str(a.facts), "--n-keys", str(a.n_keys), "--answer-chars",
+               str(a.answer_chars), "--seed", str(a.seed), "--budget-s", str(a.budget_s)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+        if proc.returncode or not line:
+            print(f"{m}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+            return 1
+        rows.append(json.loads(line[-1][7:]))
+        print(json.dumps(rows[-1]), flush=True)
+    print(f"\n{'method':8s} {'recall':>7s} {'params updated':>15s} {'wall s':>8s} "
+          f"{'peak RSS MB':>12s}")
+    for r in rows:
+        print(f"{r['method']:8s} {r['recall']:7.2f} {r['params_updated']:15,d} "
+              f"{r['wall_s']:8.1f} {r['peak_rss_mb']:12,d}")
+    if a.scale:
+        print(f"\n{'experts':>10s} {'us/token':>9s} {'selector MB':>12s} {'store MB':>9s} "
+              f"{'dense MB':>9s}")
+        for r in lookup_scaling([10, 12, 14, 16, 18, 20]):
+            print(f"{r['experts']:10,d} {r['us_per_token']:9.1f} {r['selector_mb']:12.1f} "
+                  f"{r['store_mb']:9.1f} {r['dense_values_mb']:9.0f}")
+    return 0

@@ -1,0 +1,207 @@
+"""Tests for lamini_lite.mome: product-key selection, attach/detach, memory tuning, save/load."""
+
+from __future__ import annotations
+
+import math
+import string
+
+import pytest
+import torch
+
+from lamini_lite import mome as M
+from lamini_lite.cache import fingerprint
+from lamini_lite.lm import greedy_answers
+from lamini_lite.models import tiny_llama
+
+
+@pytest.fixture(scope="module")
+def char_tok():
+    """A character-level tokenizer (no downloads) that pads on the left."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = ["<pad>"] + list(string.ascii_letters + string.digits + " ?:.,'\n")
+    tk = Tokenizer(models.WordLevel({c: i for i, c in enumerate(chars)}, unk_token="<pad>"))
+    tk.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tk.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>")
+    tok.padding_side = "left"
+    return tok
+
+
+def _model(tok, seed=0, hidden=64):
+    return tiny_llama(len(tok), hidden_size=hidden, num_layers=2, num_heads=4, seed=seed).eval()
+
+
+def _facts(n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    alphabet = string.ascii_lowercase
+    # A random tiny model mixes little context into the last token, so each prompt
+    # ends in its own character (real backbones do not need this).
+    prompts = [f"Q: code of {name}" for name in ["ann", "bob", "cy", "dee", "eli", "faz"][:n]]
+    answers = ["".join(alphabet[int(i)] for i in torch.randint(0, 26, (5,), generator=g))
+               for _ in prompts]
+    return prompts, answers
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="query_norm"):
+        M.MoMEConfig(query_norm="rms")
+    with pytest.raises(ValueError, match="topk"):
+        M.MoMEConfig(n_keys=4, topk=8)
+    with pytest.raises(ValueError, match="preset"):
+        M.MoMEConfig.preset("huge")
+    cfg = M.MoMEConfig.preset("scale")
+    assert cfg.n_experts == 2 ** 20
+    assert M.MoMEConfig.from_json(cfg.to_json()) == cfg
+
+
+def test_product_key_selection_matches_brute_force():
+    cfg = M.MoMEConfig(n_keys=8, heads=2, topk=3, key_dim=8, query_norm="none", gate="none")
+    mem = M.MemoryLayer(cfg, 16)
+    x = torch.randn(5, 16)
+    rows, w, scores = mem.select(x)
+    assert rows.shape == w.shape == (5, 6)
+    assert rows.min() >= 0 and rows.max() < 64
+    assert torch.allclose(w.view(5, 2, 3).sum(-1), torch.ones(5, 2))
+    q = mem.query(x)
+    for h in range(2):
+        full = (q[:, h, :4] @ mem.subkeys[h, 0].T)[:, :, None] + \
+               (q[:, h, 4:] @ mem.subkeys[h, 1].T)[:, None, :]
+        best = full.flatten(1).topk(3, dim=-1)
+        assert torch.equal(best.indices.sort(-1).values, rows[:, 3 * h:3 * h + 3].sort(-1).values)
+        assert torch.allclose(best.values, scores[:, 3 * h:3 * h + 3])
+
+
+def test_attach_keeps_logits_and_generate_exactly(char_tok):
+    model = _model(char_tok)
+    ids = char_tok(["Q: code of ann"], return_tensors="pt")["input_ids"]
+    before = model(input_ids=ids).logits
+    gen_before = model.generate(ids, max_new_tokens=5, do_sample=False)
+    mome = M.add_memory_experts(model, M.MoMEConfig.preset("test", gate="none"))
+    assert all(not p.requires_grad for p in model.parameters())
+    assert torch.equal(model(input_ids=ids).logits, before)
+    assert torch.equal(model.generate(ids, max_new_tokens=5, do_sample=False), gen_before)
+    # A written row changes the output; detaching restores the backbone.
+    mem = mome.layers[mome.layer_ids[0]]
+    mem.allocate(torch.arange(mem.config.n_experts))
+    mem.store[1:] = 1.0
+    assert not torch.equal(model(input_ids=ids).logits, before)
+    M.remove_memory_experts(model)
+    assert torch.equal(model(input_ids=ids).logits, before)
+    with pytest.raises(ValueError, match="no memory"):
+        M.get_memory(model)
+
+
+def test_bad_layer_and_double_attach(char_tok):
+    model = _model(char_tok)
+    with pytest.raises(ValueError, match="decoder layers"):
+        M.add_memory_experts(model, M.MoMEConfig.preset("test", layers=(5,)))
+    M.add_memory_experts(model, "test")
+    with pytest.raises(ValueError, match="already"):
+        M.add_memory_experts(model, "test")
+
+
+def test_row_adam_matches_dense_adam_on_touched_rows():
+    cfg = M.MoMEConfig(n_keys=4, heads=1, topk=2, key_dim=4)
+    mem = M.MemoryLayer(cfg, 3)
+    slots = mem.allocate(torch.tensor([5, 9]))
+    dense = torch.zeros(16, 3, requires_grad=True)
+    ref = torch.optim.Adam([dense], lr=0.1)
+    opt = M.RowAdam(lr=0.1)
+    for step in range(3):
+        g = torch.randn(2, 3, generator=torch.Generator().manual_seed(step))
+        leaf = mem.store[slots].clone().requires_grad_(True)
+        leaf.grad = g
+        opt.step([(mem, slots, leaf)])
+        dense.grad = torch.zeros(16, 3)
+        dense.grad[[5, 9]] = g
+        ref.step()
+    assert torch.allclose(mem.store[slots], dense.detach()[[5, 9]], atol=1e-6)
+    assert mem.n_used == 3 and torch.equal(mem.store[0], torch.zeros(3))
+    assert opt.state_bytes() < 200       # state for 2 rows (+ zero slot), not 16
+
+
+def test_memorize_recalls_exactly_and_touches_only_memory(char_tok, monkeypatch):
+    calls = []
+    real = M.memory_lookup
+
+    def spy(values, indices, weights):
+        # Never a (tokens, heads, k, D) tensor: 2-D values, (tokens, heads*k) indices.
+        assert values.dim() == 2 and indices.dim() == 2 and weights.shape == indices.shape
+        calls.append(indices.shape)
+        return real(values, indices, weights)
+
+    monkeypatch.setattr(M, "memory_lookup", spy)
+    model = _model(char_tok)
+    backbone = fingerprint(model)
+    prompts, answers = _facts()
+    before = greedy_answers(model, char_tok, prompts, max_new_tokens=8)
+    assert before != answers
+    cfg = M.MoMEConfig.preset("test", gate="none")
+    mome = M.add_memory_experts(model, cfg, tokenizer=char_tok)
+    # A random tiny Llama's lm_head is too weak for p > 1/2 on a 70-symbol
+    # vocabulary, so ask for exact recall only (SmolLM2 reaches loss < ln 2).
+    res = M.memorize(model, char_tok, prompts, answers, max_epochs=60, loss_threshold=None, lr=0.5,
+                     progress=False)
+    assert res.recall == 1.0, res
+    assert res.epochs < 60
+    assert greedy_answers(model, char_tok, prompts, max_new_tokens=8) == answers
+    assert calls
+    M.remove_memory_experts(model)
+    assert fingerprint(model) == backbone            # backbone untouched
+    mem = mome.layers[mome.layer_ids[0]]
+    assert 0 < res.rows_written == mem.n_used - 1 < cfg.n_experts
+    assert res.params_updated == res.rows_written * model.config.hidden_size
+
+
+def test_save_load_roundtrip_and_compatibility(char_tok, tmp_path):
+    model = _model(char_tok)
+    prompts, answers = _facts(3)
+    M.add_memory_experts(model, M.MoMEConfig.preset("test", gate="none"), tokenizer=char_tok)
+    res = M.memorize(model, char_tok, prompts, answers, max_epochs=60, loss_threshold=None, lr=0.5,
+                     progress=False)
+    assert res.recall == 1.0
+    path = M.save_memory(model, tmp_path / "mem.safetensors")
+    fresh = _model(char_tok)
+    M.load_memory(fresh, path)
+    assert greedy_answers(fresh, char_tok, prompts, max_new_tokens=8) == answers
+    ids = char_tok(prompts[:1], return_tensors="pt")["input_ids"]
+    assert torch.equal(fresh(input_ids=ids).logits, model(input_ids=ids).logits)
+    with pytest.raises(M.MemoryCompatibilityError, match="different backbone"):
+        M.load_memory(_model(char_tok, seed=1), path)
+    with pytest.raises(M.MemoryCompatibilityError, match="hidden_size"):
+        M.load_memory(_model(char_tok, hidden=32), path)
+    with pytest.raises(M.MemoryCompatibilityError, match="config"):
+        M.load_memory(_model(char_tok), path, config=M.MoMEConfig.preset("test"))
+
+
+def test_written_gate_silences_tokens_off_the_written_rows():
+    cfg = M.MoMEConfig(n_keys=16, heads=2, topk=4, key_dim=8, gate="written",
+                       gate_threshold=0.6, query_norm="none")
+    mem = M.MemoryLayer(cfg, 8)
+    x = torch.randn(2, 8)
+    rows, w, _ = mem.select(x)
+    mem.allocate(rows[0])            # token 0's rows are written, token 1's mostly not
+    mem.store[1:mem.n_used] = 1.0
+    gate = mem.gate(rows, w)
+    assert gate[0] == 1.0
+    assert mem.write_share(x)[0] == pytest.approx(1.0)
+    out = mem(x)
+    assert torch.equal(out[1], torch.zeros(8)) == (gate[1] == 0)
+
+
+@pytest.mark.slow
+def test_memorize_on_smollm2_leaves_unrelated_answers(smollm2):
+    from lamini_lite.models import load_smollm2
+
+    model, tok = load_smollm2()
+    prompts = [f"Q: What is the secret code of agent {n}?\nA:" for n in ("Rosa", "Omar", "Lin")]
+    answers = ["xq7Jm2Pa", "Tz91kLw4", "b8NvQe3r"]
+    unrelated = ["Q: What is the capital of France?\nA:", "Q: How many days are in a week?\nA:"]
+    plain = greedy_answers(model, tok, unrelated, max_new_tokens=8)
+    M.add_memory_experts(model, "book", tokenizer=tok)
+    res = M.memorize(model, tok, prompts, answers, max_epochs=40, progress=False)
+    assert res.recall == 1.0
+    assert max(res.max_token_loss) < math.log(2)
+    assert greedy_answers(model, tok, unrelated, max_new_tokens=8) == plain
