@@ -25,6 +25,7 @@ Typical use::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -32,7 +33,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ FORMAT_VERSION = 1
 
 __all__ = [
     "ResultCache", "CacheCorruptedError", "cache_root", "cache_key", "cached",
-    "cached_model", "fingerprint",
+    "cached_model", "fingerprint", "atomic_directory",
 ]
 
 
@@ -117,6 +118,26 @@ def fingerprint(obj: Any) -> str:
     else:
         h.update(json.dumps(_jsonable(obj), sort_keys=True).encode())
     return h.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def atomic_directory(target: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``target``; on success it replaces ``target``.
+
+    Readers never see a half-written folder: the new one is renamed into place
+    only after the ``with`` block succeeds; on error it is deleted.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _sha256(path: Path) -> str:
@@ -199,9 +220,7 @@ class ResultCache:
             data_json = json.dumps(data, indent=None)
         except TypeError as e:
             raise TypeError(f"cache result for {name!r}: non-tensor values must be JSON-able ({e})") from e
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-        try:
+        with atomic_directory(folder) as tmp:
             files = {}
             if tensors:
                 save_file(tensors, tmp / "tensors.safetensors")
@@ -212,12 +231,6 @@ class ResultCache:
             meta = {"name": name, "inputs": _jsonable(inputs), "files": files,
                     "order": list(result.keys()), "format": FORMAT_VERSION}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(tmp, folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return folder
 
 
