@@ -47,9 +47,12 @@ test: install
 unit:
 	$(PY) -m pytest tests -n 2 -q -p no:cacheprovider --durations=10
 
-# Notebooks run in the small ci profile, two at a time, one thread each;
+# Notebooks run in the small ci profile, two at a time, one thread each
+# (two 2-thread processes on 2 cores thrash);
 # LAMINI_LITE_NO_NETWORK=1 makes lamini_lite refuse any network connection.
 notebooks-ci:
+	@echo "building shared ci-profile artifacts first (synthetic backbone), so parallel notebooks reuse them"
+	LAMINI_LITE_PROFILE=ci $(PY) -c "from lamini_lite.pretrain import load_backbone; load_backbone(seed=0, progress=False)"
 	LAMINI_LITE_PROFILE=ci LAMINI_LITE_NO_NETWORK=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
 	  $(PY) -m pytest --nbval-lax -p no:cacheprovider -n 2 --dist loadfile -q --durations=0 $(NOTEBOOKS)
 

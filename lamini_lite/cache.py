@@ -125,7 +125,8 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     """Yield a temporary folder beside ``target``; on success it replaces ``target``.
 
     Readers never see a half-written folder: the new one is renamed into place
-    only after the ``with`` block succeeds; on error it is deleted.
+    only after the ``with`` block succeeds; on error it is deleted. If another
+    process renames its own folder into place first, that one is kept.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -133,8 +134,15 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     try:
         yield tmp
         if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            # Another process wrote the same entry between our check and the
+            # rename (parallel notebooks): keep theirs, drop ours.
+            if not target.exists():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

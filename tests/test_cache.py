@@ -109,3 +109,33 @@ def test_cached_model_trains_once(tmp_cache):
     assert len(trained) == 1
     assert torch.equal(m2.weight, torch.full((2, 2), 3.0))
     assert info2 == {"loss": [1.0, 0.5]}
+
+
+def test_atomic_directory_keeps_a_concurrent_writers_entry(tmp_path, monkeypatch):
+    from lamini_lite import cache as cache_mod
+
+    target = tmp_path / "entry"
+    real_replace = cache_mod.os.replace
+
+    def racing_replace(src, dst):
+        # Simulate another process finishing first.
+        if not target.exists():
+            target.mkdir()
+            (target / "theirs").write_text("x")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(cache_mod.os, "replace", racing_replace)
+    with cache_mod.atomic_directory(target) as tmp:
+        (tmp / "ours").write_text("y")
+    assert (target / "theirs").exists() and not (target / "ours").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["entry"]  # no temp folder left
+
+
+def test_atomic_directory_removes_temp_on_error(tmp_path):
+    from lamini_lite.cache import atomic_directory
+
+    with pytest.raises(RuntimeError):
+        with atomic_directory(tmp_path / "entry") as tmp:
+            (tmp / "f").write_text("x")
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
