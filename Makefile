@@ -26,8 +26,9 @@ help:
 install:
 	@$(STAGE) "install (.venv)" scripts/install.sh
 
-book: install
+book:
 	@rm -f _build/stage-times.txt
+	@$(STAGE) "install (.venv)" scripts/install.sh
 	@echo "Executing $(words $(NOTEBOOKS)) notebooks in the '$${LAMINI_LITE_PROFILE:-book}' profile."
 	@echo "First run: about 30-60 minutes on a 2-core CPU (the first chapter also converts"
 	@echo "SmolLM2 and pretrains the synthetic backbone; both are cached). Unchanged"
@@ -37,8 +38,9 @@ book: install
 	@echo; echo "Stage times:"; cat _build/stage-times.txt
 	@echo "Open _build/html/index.html in a browser."
 
-test: install
+test:
 	@rm -f _build/stage-times.txt
+	@$(STAGE) "install (.venv)" scripts/install.sh
 	@$(STAGE) "unit tests" $(MAKE) --no-print-directory unit
 	@$(STAGE) "notebooks under nbval (ci profile)" $(MAKE) --no-print-directory notebooks-ci
 	@$(STAGE) "site from committed outputs" $(MAKE) --no-print-directory site-from-outputs
