@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .lm import _positions, collate_qa, encode_qa
+from .lm import collate_qa, encode_qa, position_ids
 from .seeding import torch_generator
 
 __all__ = ["FinetuneHistory", "finetune_qa", "select_trainable", "decoder_layers",
@@ -228,7 +228,7 @@ def qa_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[tor
     padding does not shift the rotary positions (as in :mod:`lamini_lite.lm`).
     """
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   position_ids=_positions(batch["attention_mask"])).logits  # (B, T, V)
+                   position_ids=position_ids(batch["attention_mask"])).logits  # (B, T, V)
     tgt = batch["labels"][:, 1:]  # (B, T-1)
     n = int((tgt != -100).sum())
     loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),

@@ -21,7 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 STOP = "\n"
 
 __all__ = ["STOP", "answer_target", "encode_qa", "collate_qa", "greedy_answers",
-           "answer_token_losses", "newline_token_ids", "top_next_tokens"]
+           "answer_token_losses", "newline_token_ids", "top_next_tokens", "position_ids"]
 
 
 def answer_target(answer: str, stop: str = STOP) -> str:
@@ -67,8 +67,8 @@ def collate_qa(tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[list[in
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def _positions(mask: torch.Tensor) -> torch.Tensor:
-    # Positions that count only real tokens, so left padding changes nothing.
+def position_ids(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that count only real tokens, so left padding changes nothing."""
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
@@ -113,7 +113,7 @@ def greedy_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         for i, e in enumerate(enc):
             ids[i, width - len(e):] = torch.tensor(e)
             mask[i, width - len(e):] = 1
-        out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask),
+        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
                     use_cache=True)
         past = out.past_key_values
         generated = []
@@ -164,7 +164,7 @@ def answer_token_losses(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
                  for p, a in zip(prompts[start:start + batch_size], answers[start:start + batch_size])]
         batch = collate_qa(tokenizer, pairs)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       position_ids=_positions(batch["attention_mask"])).logits
+                       position_ids=position_ids(batch["attention_mask"])).logits
         logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
         tgt = batch["labels"][:, 1:]
         for i in range(len(pairs)):

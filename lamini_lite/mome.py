@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .lm import position_ids
 from .profiles import register_sizes
 
 try:  # the Triton-backed lookup (PyTorch reference on CPU tensors)
@@ -494,6 +495,27 @@ class _Captured(Exception):
     pass
 
 
+def _probe_backbone(model: nn.Module, batch: dict[str, torch.Tensor], handle) -> None:
+    """Run the plain backbone (memory off) on ``batch`` until a hook raises ``_Captured``.
+
+    ``handle`` is the hook's removable handle; it is removed afterwards.
+    """
+    mome = model.__dict__.get("_lamini_mome")
+    was = mome.enabled if mome else None
+    if mome:
+        mome.enabled = False
+    mask = batch["attention_mask"]
+    try:
+        model(input_ids=batch["input_ids"], attention_mask=mask,
+              position_ids=position_ids(mask), use_cache=False)
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+        if mome:
+            mome.enabled = was
+
+
 @torch.no_grad()
 def layer_inputs(model: nn.Module, layer: int, batch: dict[str, torch.Tensor]
                  ) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -511,21 +533,7 @@ def layer_inputs(model: nn.Module, layer: int, batch: dict[str, torch.Tensor]
         box["kw"] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
         raise _Captured
 
-    mome = model.__dict__.get("_lamini_mome")
-    was = mome.enabled if mome else None
-    if mome:
-        mome.enabled = False
-    handle = decoder[layer].register_forward_pre_hook(pre, with_kwargs=True)
-    mask = batch["attention_mask"]
-    try:
-        model(input_ids=batch["input_ids"], attention_mask=mask,
-              position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=False)
-    except _Captured:
-        pass
-    finally:
-        handle.remove()
-        if mome:
-            mome.enabled = was
+    _probe_backbone(model, batch, decoder[layer].register_forward_pre_hook(pre, with_kwargs=True))
     if "h" not in box:
         raise RuntimeError(f"decoder layer {layer} was not reached")
     kw = box["kw"]
@@ -543,21 +551,7 @@ def layer_output(model: nn.Module, layer: int, batch: dict[str, torch.Tensor]) -
         box["h"] = (output[0] if isinstance(output, tuple) else output).detach()
         raise _Captured
 
-    mome = model.__dict__.get("_lamini_mome")
-    was = mome.enabled if mome else None
-    if mome:
-        mome.enabled = False
-    handle = _decoder_layers(model)[layer].register_forward_hook(post)
-    mask = batch["attention_mask"]
-    try:
-        model(input_ids=batch["input_ids"], attention_mask=mask,
-              position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=False)
-    except _Captured:
-        pass
-    finally:
-        handle.remove()
-        if mome:
-            mome.enabled = was
+    _probe_backbone(model, batch, _decoder_layers(model)[layer].register_forward_hook(post))
     return box["h"]
 
 

@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 
 from .cache import cached, fingerprint
 from .facts import Fact, FactError, normalize_answer, qa_prompt
-from .lm import STOP, newline_token_ids
+from .lm import STOP, newline_token_ids, position_ids
 from .profiles import register_sizes
 
 __all__ = ["CATEGORIES", "SliCKProtocol", "SliCKResult", "category", "categories_from_probs",
@@ -315,7 +315,7 @@ def _decode_chunk(model, prefixes: list[tuple[int, ...]], suffixes: list[list[in
     which = [uniq.setdefault(p, len(uniq)) for p in prefixes]
     p_ids, p_mask = _left_pad(list(uniq), pad)
     out = model(input_ids=p_ids, attention_mask=p_mask,
-                position_ids=(p_mask.cumsum(-1) - 1).clamp(min=0), use_cache=True,
+                position_ids=position_ids(p_mask), use_cache=True,
                 logits_to_keep=1)
     past = out.past_key_values
     # 2) each prompt's question part, on a copy of its block's cache
@@ -323,7 +323,7 @@ def _decode_chunk(model, prefixes: list[tuple[int, ...]], suffixes: list[list[in
     past.reorder_cache(sel)
     s_ids, s_mask = _left_pad(suffixes, pad)
     mask = torch.cat([p_mask[sel], s_mask], dim=1)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -s_ids.shape[1]:]
+    pos = position_ids(mask)[:, -s_ids.shape[1]:]
     out = model(input_ids=s_ids, attention_mask=mask, position_ids=pos, past_key_values=past,
                 use_cache=True, logits_to_keep=1)
     past, logits = out.past_key_values, out.logits[:, -1, :].float()  # (nodes, V)
