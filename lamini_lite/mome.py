@@ -16,6 +16,10 @@ The pieces:
   ``memory_lookup(values, rows, weights)`` added to the residual stream. The
   value table is *sparse*: only rows that were ever trained are stored, all
   others are zero, so a 2^20-row memory costs megabytes until facts arrive.
+* the gate -- with ``gate="match"`` (the default) the memory speaks only at
+  tokens whose query matches the stored query of a memorized answer position
+  (cosine >= ``match_threshold``), so questions in the memorized format about
+  other subjects, unrelated text and known facts get exactly zero from it.
 * :func:`add_memory_experts` -- attach memory layers to a transformers
   Llama-family model with forward hooks (no copy; the backbone is frozen;
   ``generate`` is unchanged; before tuning the logits are exactly unchanged).
@@ -61,7 +65,7 @@ __all__ = ["MoMEConfig", "PRESETS", "MemoryLayer", "MoME", "MemoryCompatibilityE
 
 QUERY_NORMS = ("none", "layernorm", "batchnorm")
 EXPERT_FORMS = ("value", "peer")
-GATES = ("none", "written")
+GATES = ("none", "written", "match")
 
 
 @dataclass(frozen=True)
@@ -93,10 +97,15 @@ class MoMEConfig:
     layers: tuple[int, ...] = (-3,)
     # "none": the memory output is always added. "written": it is added only at
     # tokens whose selected rows are mostly rows that memory tuning wrote to.
-    gate: str = "written"
+    # "match": only at tokens whose query matches the query of a memorized
+    # answer position (cosine >= match_threshold): a key-match confidence gate.
+    gate: str = "match"
     # With gate="written": the share of selection weight that must land on written
     # rows (averaged over heads) for the memory to speak at a token.
     gate_threshold: float = 0.6
+    # With gate="match": the cosine similarity between a token's query and the
+    # nearest memorized query needed for the memory to speak.
+    match_threshold: float = 0.999
     # Softmax temperature over each head's top-k scores.
     temperature: float = 1.0
     # Seed of the frozen random query projection and product keys.
@@ -121,6 +130,9 @@ class MoMEConfig:
         if not 0.0 < float(self.gate_threshold) <= 1.0:
             raise ValueError(f"MoMEConfig.gate_threshold must be in (0, 1], "
                              f"got {self.gate_threshold!r}")
+        if not -1.0 <= float(self.match_threshold) <= 1.0:
+            raise ValueError(f"MoMEConfig.match_threshold must be in [-1, 1], "
+                             f"got {self.match_threshold!r}")
         if not self.temperature > 0:
             raise ValueError(f"MoMEConfig.temperature must be > 0, got {self.temperature!r}")
         layers = tuple(self.layers) if not isinstance(self.layers, int) else (self.layers,)
@@ -142,6 +154,7 @@ class MoMEConfig:
     def from_json(cls, text: str) -> "MoMEConfig":
         """Inverse of :meth:`to_json`."""
         d = json.loads(text)
+        d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         d["layers"] = tuple(d["layers"])
         return cls(**d)
 
@@ -164,15 +177,26 @@ PRESETS: dict[str, MoMEConfig] = {
 
 register_sizes(
     "mome",
-    ci=dict(n_facts=50, n_keys=256, answer_chars=32, n_unrelated=30, n_near=30,
-            n_known=20, max_epochs=40, scale_log2=[10, 12, 14, 16], lookup_tokens=256,
-            bench_facts=20, seeds=[0]),
+    # n_facts: facts memorized (half SliCK-Unknown real facts, half random codes);
+    # n_keys: sqrt of the expert count; n_compare: facts of the MoME vs fine-tuning
+    # comparison (every method trains on the same ones); baselines: (trainable, lr)
+    # of the fine-tuning baselines; thresholds: match-gate thresholds swept.
+    ci=dict(n_facts=50, n_keys=256, answer_chars=32, n_unrelated=20, n_near=20,
+            n_known=10, max_epochs=40, n_compare=12, baselines=[["top:2", 1e-3]],
+            thresholds=[0.8, 0.9, 0.95, 0.98, 0.99, 0.995], scale_log2=[10, 12, 14, 16],
+            lookup_tokens=256, bench_facts=20, seeds=[0]),
     book=dict(n_facts=200, n_keys=256, answer_chars=32, n_unrelated=50, n_near=50,
-              n_known=40, max_epochs=40, scale_log2=[10, 12, 14, 16, 18, 20],
-              lookup_tokens=1024, bench_facts=50, seeds=[0]),
-    full=dict(n_facts=1000, n_keys=1024, answer_chars=32, n_unrelated=200, n_near=200,
-              n_known=100, max_epochs=60, scale_log2=[10, 12, 14, 16, 18, 20],
-              lookup_tokens=4096, bench_facts=200, seeds=[0, 1, 2]),
+              n_known=40, max_epochs=40, n_compare=30,
+              baselines=[["top:2", 1e-3]],
+              thresholds=[0.8, 0.9, 0.95, 0.98, 0.99, 0.995],
+              scale_log2=[10, 12, 14, 16, 18, 20], lookup_tokens=1024, bench_facts=20,
+              seeds=[0]),
+    full=dict(n_facts=1000, n_keys=1024, answer_chars=32, n_unrelated=60, n_near=200,
+              n_known=100, max_epochs=60, n_compare=200,
+              baselines=[["top:2", 1e-3], ["lora:8", 3e-3], ["all", 3e-5]],
+              thresholds=[0.8, 0.9, 0.95, 0.98, 0.99, 0.995],
+              scale_log2=[10, 12, 14, 16, 18, 20], lookup_tokens=4096, bench_facts=200,
+              seeds=[0, 1, 2]),
 )
 
 
@@ -205,6 +229,8 @@ class MemoryLayer(nn.Module):
         self.register_buffer("row_map", torch.zeros(c.n_experts, dtype=torch.long))
         self.register_buffer("store", torch.zeros(1, hidden_size, dtype=dtype))
         self.register_buffer("slot_rows", torch.full((1,), -1, dtype=torch.long))
+        # Unit-norm queries of memorized answer positions (for gate="match").
+        self.register_buffer("match_keys", torch.zeros(0, c.heads * c.key_dim, dtype=dtype))
         self.n_used = 1            # slot 0 is the zero row
         self.calibrated = False
 
@@ -277,11 +303,41 @@ class MemoryLayer(nn.Module):
             self.n_used = need
         return self.row_map[rows]
 
-    def gate(self, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """Per-token gate ``(M,)`` in {0, 1} (all ones when ``config.gate == "none"``)."""
+    @torch.no_grad()
+    def remember(self, x: torch.Tensor) -> None:
+        """Store the unit-norm queries of hidden states ``x`` ``(M, hidden)`` as match keys."""
+        q = F.normalize(self.query(x).reshape(x.shape[0], -1), dim=-1)
+        self.match_keys = torch.cat([self.match_keys, q.to(self.match_keys.dtype)])
+
+    @torch.no_grad()
+    def match_score(self, x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+        """Cosine similarity ``(M,)`` of each token's query to the nearest match key.
+
+        -1 where no key is stored. Cost per token: one dot product per
+        memorized answer position (it grows with the facts, not with ``N``).
+        """
+        m = x.shape[0]
+        if not self.match_keys.shape[0]:
+            return x.new_full((m,), -1.0)
+        q = F.normalize(self.query(x).reshape(m, -1), dim=-1)
+        best = torch.full((m,), -1.0, dtype=q.dtype)
+        for s in range(0, self.match_keys.shape[0], chunk):
+            best = torch.maximum(best, (q @ self.match_keys[s:s + chunk].T).amax(-1))
+        return best
+
+    def gate(self, rows: torch.Tensor, weights: torch.Tensor,
+             x: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-token gate ``(M,)`` in {0, 1} (all ones when ``config.gate == "none"``).
+
+        ``x`` (the hidden states, ``(M, hidden)``) is needed for ``gate="match"``.
+        """
         c = self.config
         if c.gate == "none":
             return torch.ones(rows.shape[0], dtype=self.store.dtype)
+        if c.gate == "match":
+            if x is None:
+                raise ValueError("gate='match' needs the hidden states x")
+            return (self.match_score(x) >= c.match_threshold).to(self.store.dtype)
         written = (self.row_map[rows] > 0).to(weights.dtype)
         w = weights.abs().view(rows.shape[0], c.heads, c.topk)
         share = (w * written.view_as(w)).sum(-1) / w.sum(-1).clamp_min(1e-12)
@@ -314,7 +370,10 @@ class MemoryLayer(nn.Module):
             gm = ctx.grad_mask.reshape(-1)
             if bool(gm.any()):
                 self.allocate(rows[gm])
-            gate = self.gate(rows, w)
+            if ctx.record and bool(gm.any()):
+                self.remember(x[gm])
+            gate = self.gate(rows, w, x)
+            gate[gm] = 1          # the facts being memorized always read their rows
             pos = torch.nonzero(active & (gate > 0)).squeeze(-1)
             rest = torch.nonzero(~active & (gate > 0)).squeeze(-1)
             parts = []
@@ -339,7 +398,7 @@ class MemoryLayer(nn.Module):
             for p, y in parts:
                 out = out.index_put((p,), y.to(out.dtype))
             return out.view(shape)
-        gate = self.gate(rows, w)
+        gate = self.gate(rows, w, x)
         on = torch.nonzero(gate > 0).squeeze(-1)
         if not on.numel():
             return None
@@ -360,6 +419,8 @@ class TrainContext:
     leaves: list = field(default_factory=list)
     # Silence penalties (scalars) added to the loss.
     penalties: list = field(default_factory=list)
+    # Store the queries at grad_mask tokens as match keys (for gate="match").
+    record: bool = False
 
 
 class MemoryCompatibilityError(ValueError):
@@ -417,7 +478,7 @@ class MoME:
         """Bytes held by the memory (keys, projection, row map, written values)."""
         total = 0
         for m in self.layers.values():
-            for name in ("proj", "subkeys", "q_mean", "q_std", "row_map"):
+            for name in ("proj", "subkeys", "q_mean", "q_std", "row_map", "match_keys"):
                 t = getattr(m, name)
                 total += t.numel() * t.element_size()
             total += m.n_used * m.hidden_size * m.store.element_size() + m.n_used * 8
@@ -609,6 +670,7 @@ def save_memory(model: nn.Module, path: str | Path) -> Path:
         tensors[p + "q_std"] = m.q_std.contiguous()
         tensors[p + "rows"] = m.written_rows.clone().contiguous()
         tensors[p + "values"] = m.store[1:m.n_used].clone().contiguous()
+        tensors[p + "match_keys"] = m.match_keys.clone().contiguous()
     meta = {"format": "lamini_lite.mome/1", "config": mome.config.to_json(),
             "layer_ids": json.dumps(mome.layer_ids),
             "backbone": json.dumps(backbone_signature(model), sort_keys=True)}
@@ -659,6 +721,8 @@ def load_memory(model: nn.Module, path: str | Path, *,
         rows = tensors[p + "rows"]
         m.allocate(rows)
         m.store[m.row_map[rows]] = tensors[p + "values"].to(m.store.dtype)
+        if p + "match_keys" in tensors:
+            m.match_keys = tensors[p + "match_keys"].to(m.store.dtype)
         m.calibrated = True
     return mome
 

@@ -132,6 +132,25 @@ def _score(b, logits, tgt, ok, worst):
 
 
 @torch.no_grad()
+def _record_keys(mome, model, layer, batches, start: dict) -> None:
+    """(Re)store the queries of the facts' answer positions as match keys.
+
+    Keys stored before this memorize call (``start``: layer id -> count) are
+    kept; those of this call are replaced (upper layers' queries move as the
+    memory below them learns).
+    """
+    for idx, mem in mome.layers.items():
+        mem.match_keys = mem.match_keys[:start[idx]]
+    for b in batches:
+        zero = torch.zeros_like(b["mask"])
+        mome.ctx = TrainContext(grad_mask=b["mask"], silence_mask=zero, record=True)
+        try:
+            run_from(model, layer, b["h"], b["kw"])
+        finally:
+            mome.ctx = None
+
+
+@torch.no_grad()
 def _evaluate(model, layer, batches, n):
     ok, worst = [False] * n, [math.inf] * n
     for b in batches:
@@ -163,6 +182,10 @@ def memorize(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], *
     is ``lr`` times the median per-token RMS of the hidden states entering the
     memory layer (SmolLM2-135M at layer 28: RMS ~25, so 0.05 -> 1.25), which
     makes one setting work for backbones of any scale.
+
+    With ``gate="match"`` the queries of the facts' answer positions are
+    stored as match keys (before the recall checks, so the checks see the
+    gated memory); keys stored by earlier calls are kept.
 
     ``negatives``: optional near-miss prompts (e.g. same-format questions about
     other subjects) on which the memory is taught to stay silent: the squared
@@ -196,6 +219,7 @@ def memorize(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], *
         raise ValueError(f"lr must be > 0, got {lr!r}")
     rms = torch.cat([b["h"][b["mask"]].pow(2).mean(-1).sqrt() for b in batches]).median()
     opt = RowAdam(lr=lr * float(rms))
+    key_start = {idx: mem.match_keys.shape[0] for idx, mem in mome.layers.items()}
     gen = torch_generator(seed)
     res = MemorizeResult(0, 0.0, [False] * len(prompts), [math.inf] * len(prompts))
     bar = tqdm(total=max_epochs, desc="memory tuning", disable=not progress)
@@ -231,6 +255,7 @@ def memorize(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], *
                     _score(b, logits.detach(), tgt, ok, worst)
             if all(ok) and all(w < thr for w in worst):
                 # The training pass saw the state before each update: re-check.
+                _record_keys(mome, model, layer, batches, key_start)
                 ok, worst = _evaluate(model, layer, batches, len(prompts))
             res.loss_history.append(total / max(1, count))
             res.recall_history.append(sum(ok) / len(ok))
@@ -241,6 +266,7 @@ def memorize(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], *
             done = all(ok) and all(w < thr for w in worst)
             last = out_of_time or epoch + 1 == max_epochs
             if done or last:
+                _record_keys(mome, model, layer, batches, key_start)
                 if confirm:
                     got = greedy_answers(model, tokenizer, list(prompts),
                                          max_new_tokens=_max_tokens(tokenizer, answers))

@@ -205,3 +205,102 @@ def test_memorize_on_smollm2_leaves_unrelated_answers(smollm2):
     assert res.recall == 1.0
     assert max(res.max_token_loss) < math.log(2)
     assert greedy_answers(model, tok, unrelated, max_new_tokens=8) == plain
+
+
+def test_match_gate_speaks_only_on_remembered_queries():
+    cfg = M.MoMEConfig(n_keys=16, heads=2, topk=4, key_dim=8, gate="match",
+                       match_threshold=0.99, query_norm="none")
+    mem = M.MemoryLayer(cfg, 8)
+    x = torch.randn(3, 8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(mem.match_score(x), torch.full((3,), -1.0))
+    rows, w, _ = mem.select(x)
+    mem.allocate(rows)
+    mem.store[1:mem.n_used] = 1.0
+    assert mem(x) is None                      # nothing remembered: silent everywhere
+    mem.remember(x[:1])
+    assert mem.match_score(x)[0] == pytest.approx(1.0)
+    out = mem(x)
+    assert not torch.equal(out[0], torch.zeros(8))
+    assert torch.equal(out[1:], torch.zeros(2, 8))
+    with pytest.raises(ValueError, match="match_threshold"):
+        M.MoMEConfig(match_threshold=2.0)
+    with pytest.raises(ValueError, match="hidden states"):
+        mem.gate(rows, w)
+
+
+def test_memorize_with_match_gate_leaves_other_prompts_exactly(char_tok, tmp_path):
+    model = _model(char_tok)
+    prompts, answers = _facts(4)
+    others = ["Q: code of zed", "Q: code of kim"]
+    ids = char_tok(others, return_tensors="pt", padding=True)
+    before = model(**ids).logits
+    cfg = M.MoMEConfig.preset("test", gate="match", match_threshold=0.999)
+    mome = M.add_memory_experts(model, cfg, tokenizer=char_tok)
+    res = M.memorize(model, char_tok, prompts, answers, max_epochs=60, loss_threshold=None,
+                     lr=0.5, progress=False)
+    assert res.recall == 1.0
+    mem = mome.layers[mome.layer_ids[0]]
+    n_answer_tokens = sum(len(" " + a + "\n") for a in answers)   # char tokens
+    assert mem.match_keys.shape == (n_answer_tokens, cfg.heads * cfg.key_dim)
+    assert torch.equal(model(**ids).logits, before)     # other prompts: bit-for-bit
+    path = M.save_memory(model, tmp_path / "m.safetensors")
+    fresh = _model(char_tok)
+    M.load_memory(fresh, path)
+    assert greedy_answers(fresh, char_tok, prompts, max_new_tokens=8) == answers
+
+
+def test_eval_helpers_on_a_tiny_model(char_tok):
+    from lamini_lite import mome_eval as E
+
+    assert E.unchanged_share(["a", "b"], ["a", "c"]) == 0.5
+    with pytest.raises(ValueError, match="equal length"):
+        E.unchanged_share(["a"], [])
+    model = _model(char_tok)
+    prompts, answers = _facts(3)
+    M.add_memory_experts(model, M.MoMEConfig.preset("test", gate="none"), tokenizer=char_tok)
+    ok, worst = E.fact_scores(model, char_tok, prompts, answers)
+    assert ok == [False] * 3 and min(worst) > 0
+    M.memorize(model, char_tok, prompts, answers, max_epochs=60, loss_threshold=None, lr=0.5,
+               progress=False)
+    ok, worst = E.fact_scores(model, char_tok, prompts, answers)
+    greedy = greedy_answers(model, char_tok, prompts, max_new_tokens=8)
+    assert ok == [g == a for g, a in zip(greedy, answers)] == [True] * 3
+    E.set_gate(model, "match", 0.5)
+    assert all(m.config.gate == "match" for m in M.get_memory(model).layers.values())
+
+
+def test_subset_and_match_profile(char_tok):
+    from lamini_lite import mome_eval as E
+
+    data = {"prompts": [f"p{i}" for i in range(6)], "answers": list("abcdef"),
+            "kind": ["Unknown fact"] * 2 + ["random code"] * 4}
+    small = E.subset(data, 4)
+    assert small["kind"] == ["Unknown fact"] * 2 + ["random code"] * 2
+    assert E.subset(data, 6)["prompts"] == data["prompts"]
+    with pytest.raises(ValueError, match="n must be"):
+        E.subset(data, 7)
+    model = _model(char_tok)
+    prompts, answers = _facts(3)
+    cfg = M.MoMEConfig.preset("test", gate="match", match_threshold=0.999)
+    M.add_memory_experts(model, cfg, tokenizer=char_tok)
+    M.memorize(model, char_tok, prompts, answers, max_epochs=60, loss_threshold=None, lr=0.5,
+               progress=False)
+    probes = {"prompts": prompts, "answers": answers, "near_prompts": ["Q: code of zed"],
+              "unrelated_prompts": ["Q: hi"], "known_prompts": ["Q: code of kim"],
+              "texts": ["hello there"]}
+    base = {"near": ["abc"], "unrelated": ["x"], "known": ["y"]}
+    prof = E.match_profile(model, char_tok, probes, base)
+    assert min(prof["fact_min"]) > 0.999            # memorized positions match themselves
+    assert max(prof["near_max"] + prof["text_max"]) < 0.999
+    assert len(prof["unrelated_max"]) == len(prof["known_max"]) == 1
+
+
+def test_lookup_scaling_table_and_bad_sizes():
+    from lamini_lite.bench.mome import lookup_scaling
+
+    rows = lookup_scaling([4, 6], tokens=8, hidden=16, heads=2, topk=2, key_dim=8,
+                          written_rows=10, repeats=1)
+    assert [r["experts"] for r in rows] == [16, 64]
+    assert all(r["us_per_token"] > 0 and r["store_mb"] < r["dense_values_mb"] for r in rows)
+    with pytest.raises(ValueError, match="even"):
+        lookup_scaling([5], tokens=4, hidden=8, key_dim=8)

@@ -1,0 +1,525 @@
+"""The MoME chapter's measurements: memorize, forget, near questions, cost, selection.
+
+Each public function here is one experiment of ``book/05_building_mome.ipynb``
+on SmolLM2-135M-Instruct, cached with :func:`lamini_lite.cache.cached` (keyed by
+its inputs and the profile's SliCK labels), so the notebook re-runs instantly:
+
+* :func:`chapter_data` -- the facts to memorize (SliCK-Unknown real facts with
+  their true answers, plus made-up subjects with random 32-character codes)
+  and the probe sets: unrelated questions, near questions (same format, other
+  subjects), HighlyKnown facts and held-out English text;
+* :func:`snapshot` -- what a model does on all of them (recall, per-fact max
+  answer-token loss, greedy answers, HighlyKnown accuracy, text loss);
+* :func:`forgetting_study` -- MoME vs top-layer fine-tuning (and LoRA) trained
+  to the same recall on the same facts, before/after on the probes;
+* :func:`near_study` -- gate thresholds and near-miss negatives against the
+  near questions;
+* :func:`row_overlap` -- rows shared between facts and between facts and
+  unrelated text, per query normalization, before any training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .cache import cached
+from .facts import Fact, qa_prompt
+from .lm import greedy_answers
+
+__all__ = ["EXEMPLARS", "UNRELATED_QUESTIONS", "HELD_OUT_TEXT", "NEW_TOKENS", "chapter_data",
+           "fact_scores", "snapshot", "base_snapshot", "compare", "subset", "memorize_mome",
+           "finetune_to_recall", "memorize_study", "forgetting_study", "match_profile",
+           "set_gate", "row_overlap", "unchanged_share"]
+
+# Two true exemplars in front of every fact question (an instruct model asked
+# zero-shot often answers in sentences); their subjects are never memorized.
+EXEMPLARS: tuple[tuple[str, str], ...] = (
+    ("What is the capital of France?", "Paris"),
+    ("Which continent is Brazil located in?", "South America"),
+)
+
+# Questions unrelated to the memorized facts, asked zero-shot ("Q: ...\nA:").
+UNRELATED_QUESTIONS: tuple[str, ...] = (
+    "How many days are in a week?", "What colour is grass?", "What do bees make?",
+    "How many legs does a cat have?", "What is frozen water called?",
+    "Which planet do we live on?", "What is the opposite of hot?",
+    "What do you use to write on paper?", "How many hours are in a day?",
+    "What is the largest animal in the sea?", "What gas do plants take in?",
+    "Who wrote Hamlet?", "What is two plus three?", "What language is spoken in Mexico?",
+    "What is the boiling point of water in Celsius?", "What fruit is yellow and curved?",
+    "What do cows drink?", "How many months are in a year?", "What is the color of the sun?",
+    "Which season comes after winter?", "What instrument has black and white keys?",
+    "What is a baby dog called?", "How many sides does a triangle have?",
+    "What do you call a person who fixes teeth?", "What is the main ingredient of bread?",
+    "Which animal is known as the king of the jungle?", "What is the fastest land animal?",
+    "What shape is a football?", "What do we breathe?", "What is the tallest animal?",
+    "How many continents are there?", "Who painted the Mona Lisa?",
+    "What is the chemical symbol for gold?", "What is the square root of nine?",
+    "Which bird is a symbol of peace?", "What do caterpillars turn into?",
+    "How many players are on a soccer team?", "What is the largest planet?",
+    "What metal is liquid at room temperature?", "What do you call a house made of ice?",
+    "Which organ pumps blood?", "What is the hardest natural substance?",
+    "How many strings does a violin have?", "What is the capital letter of the alphabet's start?",
+    "What is the freezing point of water in Fahrenheit?", "Who discovered penicillin?",
+    "What do spiders spin?", "Which direction does the sun rise?",
+    "What is the smallest prime number?", "How many wheels does a bicycle have?",
+    "What is the main language of Brazil?", "What do pandas eat?",
+    "Which ocean is the largest?", "What is the currency of Japan?",
+    "How many minutes are in an hour?", "What is the color of a ripe tomato?",
+    "Who was the first person on the Moon?", "What do you call a group of wolves?",
+    "What is H2O?", "Which month has the fewest days?",
+)
+
+# Held-out English text (not the query-calibration text) for the text-loss probe.
+HELD_OUT_TEXT: tuple[str, ...] = (
+    "The farmer walked along the fence at dawn, counting the sheep that had wandered "
+    "close to the road during the night.",
+    "Our train was delayed by an hour, so we bought coffee and watched the rain on the "
+    "platform roof.",
+    "A recipe for soup usually begins with onions softened slowly in a little oil.",
+    "The school library opens early on weekdays so that students can study before class.",
+    "When the storm passed, the streets were full of branches and the air smelled of wet "
+    "earth.",
+    "Scientists believe the comet will return in about seventy years, brighter than before.",
+    "He spent the afternoon repairing an old radio that had belonged to his grandfather.",
+    "The orchestra tuned their instruments while the audience slowly found their seats.",
+    "Most mountains are formed when large plates of the earth's crust push against each "
+    "other.",
+    "She planted tomatoes, beans and a row of sunflowers along the garden wall.",
+    "The city council voted to build a new bridge across the river next spring.",
+    "After dinner the family played cards by the fire until the children fell asleep.",
+    "Ancient sailors used the stars to find their way across the open sea.",
+    "The bakery on the corner sells fresh bread every morning before seven.",
+    "Good sleep helps the body recover and the mind remember what it learned.",
+    "The old castle on the hill is now a museum that welcomes visitors all year.",
+)
+
+# Greedy tokens compared on the probes ("unchanged" = the same first 10 tokens).
+NEW_TOKENS = 10
+
+_PLACE_RELATIONS = ["capital", "continent", "us_state", "city_country"]
+
+
+def _prompt(question: str) -> str:
+    return qa_prompt(question, EXEMPLARS)
+
+
+def chapter_data(n_facts: int, *, answer_chars: int = 32, n_unrelated: int = 50,
+                 n_near: int = 50, n_known: int = 40, seed: int = 0) -> dict[str, Any]:
+    """Facts to memorize and probe sets, from chapter 2's SliCK labels of SmolLM2.
+
+    Half of the ``n_facts`` (at most as many as there are) are real facts SliCK
+    called Unknown, with their true answers; the rest are made-up subjects with
+    random ``answer_chars``-character codes. Probes: ``n_unrelated`` unrelated
+    questions (zero-shot), ``n_near`` near questions (the memorized format, other
+    subjects: half real MaybeKnown/WeaklyKnown facts, half other made-up
+    subjects), ``n_known`` HighlyKnown facts, and :data:`HELD_OUT_TEXT`.
+    The SliCK call is chapter 2's, so it is a cache hit for the same profile.
+    Returns a JSON-able dict of prompt/answer lists.
+    """
+    from .facts_real import load_real_facts
+    from .models import load_smollm2
+    from .mome_train import random_code_facts
+    from .profiles import sizes
+    from .slick import SliCKProtocol, categorize
+
+    if n_facts < 2 or min(n_unrelated, n_near, n_known) < 1:
+        raise ValueError(f"n_facts must be >= 2 and the probe sizes >= 1, got n_facts={n_facts}, "
+                         f"n_unrelated={n_unrelated}, n_near={n_near}, n_known={n_known}")
+    if n_unrelated > len(UNRELATED_QUESTIONS):
+        raise ValueError(f"n_unrelated must be <= {len(UNRELATED_QUESTIONS)}, got {n_unrelated}")
+    S = sizes("slick")
+    facts = load_real_facts(_PLACE_RELATIONS, per_relation=S.per_relation, seed=0)
+    model, tok = load_smollm2()
+    res = categorize(model, tok, facts, SliCKProtocol(exemplar_sets=S.exemplar_sets), seed=0)
+    ex_q = {q for q, _ in EXEMPLARS}
+    rng = np.random.default_rng(seed)
+    by_cat: dict[str, list[Fact]] = {}
+    for f, c in zip(facts, res.categories):
+        if f.question not in ex_q:
+            by_cat.setdefault(c, []).append(f)
+    unknown = [by_cat["Unknown"][i] for i in rng.permutation(len(by_cat["Unknown"]))]
+    n_real = min(len(unknown), n_facts // 2)
+    real = unknown[:n_real]
+    n_codes = n_facts - n_real
+    c_prompts, c_answers, c_names = random_code_facts(n_codes + n_near, answer_chars=answer_chars,
+                                                      seed=seed)
+    others = by_cat.get("MaybeKnown", []) + by_cat.get("WeaklyKnown", [])
+    others = [others[i] for i in rng.permutation(len(others))]
+    known = by_cat.get("HighlyKnown", [])
+    known = [known[i] for i in rng.permutation(len(known))][:n_known]
+    n_near_real = min(len(others), n_near // 2)
+    near_codes = c_names[n_codes:n_codes + n_near - n_near_real]
+    code_q = [f"What is the access code of {s}?" for s in c_names[:n_codes]]
+    return {
+        "prompts": [_prompt(f.question) for f in real] + [_prompt(q) for q in code_q],
+        "answers": [f.object for f in real] + list(c_answers[:n_codes]),
+        "kind": ["Unknown fact"] * n_real + ["random code"] * n_codes,
+        "near_prompts": [_prompt(f.question) for f in others[:n_near_real]]
+                        + [_prompt(f"What is the access code of {s}?") for s in near_codes],
+        "near_kind": ["real"] * n_near_real + ["code"] * len(near_codes),
+        "unrelated_prompts": [f"Q: {q}\nA:" for q in UNRELATED_QUESTIONS[:n_unrelated]],
+        "known_prompts": [_prompt(f.question) for f in known],
+        "known_aliases": [list(f.aliases) or [f.object] for f in known],
+        "texts": list(HELD_OUT_TEXT),
+        "slick_counts": {c: len(v) for c, v in by_cat.items()},
+    }
+
+
+def _is_correct(pred: str, aliases: Sequence[str]) -> bool:
+    from .facts import exact_match
+    return any(exact_match(pred, a) for a in aliases)
+
+
+@torch.no_grad()
+def fact_scores(model, tok, prompts: Sequence[str], answers: Sequence[str], *,
+                batch_size: int = 32) -> tuple[list[bool], list[float]]:
+    """Per fact: exact recall and the largest answer-token loss (nats), in one pass.
+
+    Recall is teacher-forced: every answer token (and the closing newline) is
+    the argmax given the prompt and the answer so far -- exactly the condition
+    under which greedy decoding reproduces the answer and stops.
+    """
+    from .lm import collate_qa, encode_qa, position_ids
+
+    pairs = [encode_qa(tok, p, a) for p, a in zip(prompts, answers)]
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]))
+    ok, worst = [False] * len(pairs), [math.inf] * len(pairs)
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        batch = collate_qa(tok, [pairs[i] for i in idx])
+        mask = batch["attention_mask"]
+        h = model.model(input_ids=batch["input_ids"], attention_mask=mask,
+                        position_ids=position_ids(mask)).last_hidden_state[:, :-1]
+        tgt = batch["labels"][:, 1:]
+        for j, i in enumerate(idx):
+            sel = tgt[j] != -100
+            lg, t = model.lm_head(h[j][sel]).float(), tgt[j][sel]
+            ok[i] = bool((lg.argmax(-1) == t).all())
+            worst[i] = float(torch.nn.functional.cross_entropy(lg, t, reduction="none").max())
+    return ok, worst
+
+
+@torch.no_grad()
+def snapshot(model, tok, data: dict[str, Any], *, facts: bool = True) -> dict[str, Any]:
+    """What ``model`` does on the chapter's facts and probes (a JSON-able dict).
+
+    Keys: ``recalled`` and ``max_loss`` per memorized fact (exact recall, see
+    :func:`fact_scores`; largest answer-token loss in nats), ``unrelated`` and ``near``
+    (greedy answers), ``known`` (greedy answers) and ``known_acc``,
+    ``text_loss`` (mean next-token loss on the held-out text, nats).
+    """
+    from .mome_train import text_loss
+
+    out: dict[str, Any] = {}
+    if facts:
+        out["recalled"], out["max_loss"] = fact_scores(model, tok, data["prompts"],
+                                                       data["answers"])
+    out["unrelated"] = greedy_answers(model, tok, data["unrelated_prompts"],
+                                      max_new_tokens=NEW_TOKENS, batch_size=32)
+    out["near"] = greedy_answers(model, tok, data["near_prompts"], max_new_tokens=NEW_TOKENS,
+                                 batch_size=32)
+    out["known"] = greedy_answers(model, tok, data["known_prompts"],
+                                  max_new_tokens=NEW_TOKENS, batch_size=32)
+    out["known_acc"] = float(np.mean([_is_correct(p, a) for p, a in
+                                      zip(out["known"], data["known_aliases"])]))
+    out["text_loss"] = float(text_loss(model, tok, data["texts"]))
+    return out
+
+
+def unchanged_share(before: Sequence[str], after: Sequence[str]) -> float:
+    """Share of greedy answers that are identical before and after."""
+    if len(before) != len(after) or not before:
+        raise ValueError(f"before and after must be non-empty and of equal length, got "
+                         f"{len(before)} and {len(after)}")
+    return float(np.mean([a == b for a, b in zip(before, after)]))
+
+
+def compare(base: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
+    """Before/after summary: recall, unrelated / near unchanged, HighlyKnown and text deltas."""
+    return {"recall": float(np.mean(after["recalled"])),
+            "max_loss": float(max(after["max_loss"])),
+            "unrelated_unchanged": unchanged_share(base["unrelated"], after["unrelated"]),
+            "near_unchanged": unchanged_share(base["near"], after["near"]),
+            "known_acc_before": base["known_acc"], "known_acc_after": after["known_acc"],
+            "known_acc_drop": base["known_acc"] - after["known_acc"],
+            "text_loss_before": base["text_loss"], "text_loss_after": after["text_loss"],
+            "text_loss_delta": after["text_loss"] - base["text_loss"]}
+
+
+def memorize_mome(data: dict[str, Any], config, *, max_epochs: int = 40, negatives=None,
+                  seed: int = 0, progress: bool = True):
+    """Fresh SmolLM2 + memory experts (``config``), memory-tuned on the chapter's facts.
+
+    Returns ``(model, tokenizer, MemorizeResult)``.
+    """
+    from .models import load_smollm2
+    from .mome import add_memory_experts
+    from .mome_train import memorize
+
+    model, tok = load_smollm2()
+    add_memory_experts(model, config, tokenizer=tok)
+    res = memorize(model, tok, data["prompts"], data["answers"], max_epochs=max_epochs,
+                   negatives=negatives, seed=seed, progress=progress)
+    return model, tok, res
+
+
+def finetune_to_recall(data: dict[str, Any], trainable: str, *, lr: float,
+                       max_epochs: int = 40, batch_size: int = 4, seed: int = 0,
+                       progress: bool = True):
+    """Fresh SmolLM2 fine-tuned (``trainable``: "top:2", "lora:8", ...) until every fact is
+    recalled exactly (:func:`fact_scores`, checked after each epoch) or ``max_epochs`` run out. Returns ``(model, tok, info)``."""
+    from .finetune import finetune_qa
+    from .models import load_smollm2
+    model, tok = load_smollm2()
+    state = {"recall": 0.0}
+
+    def stop(epoch, history):
+        state["recall"] = float(np.mean(fact_scores(model, tok, data["prompts"],
+                                                    data["answers"])[0]))
+        return state["recall"] == 1.0
+
+    t0 = time.perf_counter()
+    hist = finetune_qa(model, tok, data["prompts"], data["answers"], epochs=max_epochs, lr=lr,
+                       batch_size=batch_size, trainable=trainable, seed=seed,
+                       on_epoch_end=stop, progress=progress, desc=trainable)
+    info = {"epochs": hist.epochs_run, "seconds": time.perf_counter() - t0,
+            "params_updated": int(hist.n_trainable), "recall": state["recall"]}
+    return model, tok, info
+
+
+def _data_key(data: dict[str, Any]) -> dict[str, Any]:
+    from .cache import fingerprint
+    return {"data": fingerprint({k: v for k, v in data.items() if k != "slick_counts"})}
+
+
+def subset(data: dict[str, Any], n: int) -> dict[str, Any]:
+    """``data`` with only ``n`` of its facts (half real, half codes where possible)."""
+    if not 1 <= n <= len(data["prompts"]):
+        raise ValueError(f"n must be in [1, {len(data['prompts'])}], got {n}")
+    real = [i for i, k in enumerate(data["kind"]) if k != "random code"]
+    codes = [i for i, k in enumerate(data["kind"]) if k == "random code"]
+    k = max(min(len(real), n // 2), n - len(codes))
+    pick = sorted(real[:k] + codes[:n - k])
+    out = dict(data)
+    for key in ("prompts", "answers", "kind"):
+        out[key] = [data[key][i] for i in pick]
+    return out
+
+
+def _mome_cost(res) -> dict[str, Any]:
+    return {"epochs": res.epochs, "seconds": res.seconds, "params_updated": res.params_updated,
+            "rows_written": res.rows_written, "optimizer_bytes": res.optimizer_bytes,
+            "loss_history": res.loss_history, "recall_history": res.recall_history}
+
+
+def base_snapshot(data: dict[str, Any]) -> dict[str, Any]:
+    """The plain SmolLM2's :func:`snapshot` on the probes (cached; facts skipped)."""
+    def compute():
+        from .models import load_smollm2
+        model, tok = load_smollm2()
+        return snapshot(model, tok, data, facts=False)
+
+    return cached("mome_base_snapshot", {**_data_key(data), "new_tokens": NEW_TOKENS,
+                                         "version": 1}, compute)
+
+
+def set_gate(model, gate: str, threshold: float | None = None) -> None:
+    """Change the gate of every memory layer of ``model`` (inference-time only).
+
+    ``threshold`` is the ``match_threshold`` for ``gate="match"`` and the
+    ``gate_threshold`` for ``gate="written"``.
+    """
+    from .mome import get_memory
+    mome = get_memory(model)
+    changes: dict[str, Any] = {"gate": gate}
+    if threshold is not None:
+        changes["match_threshold" if gate == "match" else "gate_threshold"] = threshold
+    cfg = dataclasses.replace(mome.config, **changes)
+    mome.config = cfg
+    for m in mome.layers.values():
+        m.config = cfg
+
+
+@torch.no_grad()
+def match_profile(model, tok, data: dict[str, Any], base: dict[str, Any]) -> dict[str, list]:
+    """Key-match scores that decide the match gate, per fact and per probe.
+
+    ``fact_min``: per memorized fact, the lowest match score over its answer
+    positions (the gate opens at all of them iff threshold <= this).
+    ``near_max`` / ``unrelated_max`` / ``known_max``: per probe, the highest
+    score over its prompt and the plain model's own answer (if the gate opens
+    nowhere there, the memory adds exactly zero and the answer cannot change).
+    ``text_max``: per held-out text, the highest score over its tokens.
+    Only the backbone below the memory runs.
+    """
+    from .lm import collate_qa, encode_qa
+    from .mome import get_memory, layer_output
+
+    mome = get_memory(model)
+    idx = min(mome.layer_ids)
+    mem = mome.layers[idx]
+
+    def scores(prompts, answers, answer_only):
+        out = []
+        for s in range(0, len(prompts), 32):
+            pairs = [encode_qa(tok, p, a) for p, a in zip(prompts[s:s + 32],
+                                                          answers[s:s + 32])]
+            batch = collate_qa(tok, pairs)
+            h = layer_output(model, idx, batch)
+            lab = batch["labels"]
+            nxt = torch.cat([lab[:, 1:], torch.full_like(lab[:, :1], -100)], dim=1)
+            sel = (nxt != -100) if answer_only else batch["attention_mask"].bool()
+            sc = mem.match_score(h.reshape(-1, h.shape[-1])).view(h.shape[:2])
+            for j in range(h.shape[0]):
+                v = sc[j][sel[j]]
+                out.append(float(v.min() if answer_only else v.max()))
+        return out
+
+    res = {"fact_min": scores(data["prompts"], data["answers"], True)}
+    for key in ("near", "unrelated", "known"):
+        res[f"{key}_max"] = scores(data[f"{key}_prompts"], [a or "." for a in base[key]], False)
+    res["text_max"] = scores(list(data["texts"]), ["."] * len(data["texts"]), False)
+    return res
+
+
+def memorize_study(data: dict[str, Any], config, *, max_epochs: int = 40, seed: int = 0,
+                   progress: bool = True) -> dict[str, Any]:
+    """Points 1 and 3: memory-tune all facts, then measure (cached).
+
+    Returns ``cost`` (epochs, seconds, rows, optimizer bytes, curves),
+    ``greedy_recalled`` (memorize's final greedy check), ``snapshot`` under the
+    config's gate and ``snapshot_nogate`` with the gate off (same memory),
+    ``match`` (:func:`match_profile`) and the ``base`` snapshot.
+    """
+    inputs = {**_data_key(data), "config": config.to_json(), "max_epochs": max_epochs,
+              "seed": seed, "new_tokens": NEW_TOKENS, "version": 1}
+
+    def compute():
+        base = base_snapshot(data)
+        model, tok, res = memorize_mome(data, config, max_epochs=max_epochs, seed=seed,
+                                        progress=progress)
+        snap = snapshot(model, tok, data)
+        prof = match_profile(model, tok, data, base)
+        set_gate(model, "none")
+        nogate = snapshot(model, tok, data)
+        return {"cost": _mome_cost(res), "greedy_recalled": list(res.recalled),
+                "train_max_loss": list(res.max_token_loss), "snapshot": snap,
+                "snapshot_nogate": nogate, "match": prof, "base": dict(base)}
+
+    return cached("mome_memorize", inputs, compute)
+
+
+def forgetting_study(data: dict[str, Any], config, *, max_epochs: int = 40,
+                     baselines: Sequence[Sequence] = (("top:2", 3e-4),),
+                     seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    """Point 2: MoME vs fine-tuning baselines at equal recall on the same facts (cached).
+
+    ``baselines`` are ``(trainable, lr)`` pairs for :func:`finetune_to_recall`.
+    Returns ``{"base": snapshot, "methods": {name: {"snapshot", "summary", "cost"}}}``
+    where cost holds epochs, wall seconds and parameters updated. "MoME, no gate"
+    is the same memory read with the gate off.
+    """
+    inputs = {**_data_key(data), "config": config.to_json(), "max_epochs": max_epochs,
+              "baselines": [list(b) for b in baselines], "seed": seed,
+              "new_tokens": NEW_TOKENS, "batch_size": 4, "version": 2}
+
+    def compute():
+        base = base_snapshot(data)
+        methods = {}
+        model, tok, res = memorize_mome(data, config, max_epochs=max_epochs, seed=seed,
+                                        progress=progress)
+        snap = snapshot(model, tok, data)
+        methods["MoME"] = {"snapshot": snap, "summary": compare(base, snap),
+                           "cost": _mome_cost(res)}
+        set_gate(model, "none")
+        snap = snapshot(model, tok, data)
+        methods["MoME, no gate"] = {"snapshot": snap, "summary": compare(base, snap),
+                                    "cost": _mome_cost(res)}
+        del model
+        for trainable, lr in baselines:
+            model, tok, info = finetune_to_recall(data, trainable, lr=lr, max_epochs=max_epochs,
+                                                  seed=seed, progress=progress)
+            snap = snapshot(model, tok, data)
+            methods[f"fine-tune {trainable}"] = {"snapshot": snap, "summary": compare(base, snap),
+                                                 "cost": info}
+            del model
+        return {"base": dict(base), "methods": methods}
+
+    return cached("mome_forgetting", inputs, compute)
+
+
+@torch.no_grad()
+def row_overlap(data: dict[str, Any], *, n_keys: int, norms: Sequence[str] = ("none", "layernorm",
+                                                                               "batchnorm"),
+                seed: int = 0) -> list[dict[str, Any]]:
+    """Point 5b: row overlap before any training, per query normalization (cached).
+
+    For each normalization, the rows selected at the facts' answer-predicting
+    positions are "fact rows". Reports how many distinct rows the facts touch,
+    the share of each fact's rows also touched by another fact (mean over
+    facts), and the share of selection weight on unrelated text (held-out
+    text + unrelated questions) that lands on fact rows -- what memory tuning
+    would disturb outside the facts.
+    """
+    inputs = {**_data_key(data), "n_keys": n_keys, "norms": list(norms), "seed": seed,
+              "version": 1}
+
+    def compute():
+        from .lm import collate_qa, encode_qa
+        from .models import load_smollm2
+        from .mome import MoMEConfig, add_memory_experts, get_memory, layer_output, \
+            remove_memory_experts
+
+        model, tok = load_smollm2()
+        out = []
+        for norm in norms:
+            cfg = MoMEConfig.preset("book", n_keys=n_keys, query_norm=norm, gate="none",
+                                    seed=seed)
+            add_memory_experts(model, cfg, tokenizer=tok)
+            mome = get_memory(model)
+            idx = mome.layer_ids[0]
+            mem = mome.layers[idx]
+            per_fact = []
+            for s in range(0, len(data["prompts"]), 32):
+                pairs = [encode_qa(tok, p, a) for p, a in zip(data["prompts"][s:s + 32],
+                                                              data["answers"][s:s + 32])]
+                batch = collate_qa(tok, pairs)
+                h = layer_output(model, idx, batch)
+                lab = batch["labels"]
+                nxt = torch.cat([lab[:, 1:], torch.full_like(lab[:, :1], -100)], dim=1)
+                for j in range(h.shape[0]):
+                    rows, _, _ = mem.select(h[j][nxt[j] != -100])
+                    per_fact.append(set(rows.reshape(-1).tolist()))
+            counts: dict[int, int] = {}
+            for s in per_fact:
+                for r in s:
+                    counts[r] = counts.get(r, 0) + 1
+            shared = [np.mean([counts[r] > 1 for r in s]) for s in per_fact]
+            fact_rows = torch.tensor(sorted(counts))
+            mask = torch.zeros(cfg.n_experts, dtype=torch.bool)
+            mask[fact_rows] = True
+            w_on, w_all = 0.0, 0.0
+            for t in list(data["texts"]) + list(data["unrelated_prompts"]):
+                enc = tok(t, return_tensors="pt", add_special_tokens=False)
+                h = layer_output(model, idx, {"input_ids": enc["input_ids"],
+                                              "attention_mask": enc["attention_mask"]})[0]
+                rows, w, _ = mem.select(h)
+                w_on += float((w * mask[rows]).sum())
+                w_all += float(w.sum())
+            out.append({"query_norm": norm, "experts": cfg.n_experts,
+                        "fact_rows": len(counts), "rows_per_fact": float(np.mean(
+                            [len(s) for s in per_fact])),
+                        "fact_fact_overlap": float(np.mean(shared)),
+                        "text_weight_on_fact_rows": w_on / max(w_all, 1e-12)})
+            remove_memory_experts(model)
+        return {"rows": out}
+
+    return cached("mome_overlap", inputs, compute)["rows"]
