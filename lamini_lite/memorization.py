@@ -46,8 +46,10 @@ from .finetune import finetune_qa
 from .lm import answer_token_losses, greedy_answers
 from .profiles import register_sizes
 
-__all__ = ["LN2", "fact_measurements", "threshold_check", "recall_vs_loss",
-           "epochs_to_criterion", "text_loss", "synthetic_setup", "randomization_test", "noise_summary",
+__all__ = ["LN2", "fact_measurements", "threshold_check", "accuracy_gap_z", "recall_vs_loss",
+           "epochs_to_criterion", "text_loss", "synthetic_setup", "replay_items", "unseen_statements",
+           "memorized",
+           "randomization_test", "noise_summary",
            "threshold_points", "real_model_test", "training_viewer",
            "plot_training_story"]
 
@@ -55,26 +57,32 @@ LN2 = math.log(2.0)
 
 register_sizes(
     "memorization",
-    # Synthetic track: n_train facts memorized, n_unrelated held-out facts measured,
-    # noise = shares of random answers, answer_len = tokens of a random answer,
-    # seeds = seeds of the randomization test (facts, random answers, shuffles),
-    # max_text_loss_change = largest relative change of held-out text loss asserted.
-    # real_*: the SmolLM2 run of real_model_test (top layers or LoRA, random strings).
+    # Synthetic track: n_train facts memorized, n_unrelated held-out facts (and as many
+    # never-read statements) measured, noise = shares of random answers, answer_len =
+    # tokens of a random string, epochs = the most epochs (training stops once every
+    # fact is memorized), replay = corpus items mixed into every epoch (0: the
+    # questions alone), seeds = seeds every claim is checked on.
+    # real_*: the SmolLM2 run of real_model_test (random strings of real_answer_len
+    # characters; real_replay questions answered by the base model mixed in);
+    # real_min_agreement = the share of other answers asserted to stay the same.
     ci={"n_train": 32, "n_unrelated": 64, "noise": [0.0, 0.5, 1.0], "answer_len": 2,
-        "epochs": 30, "lr": 3e-3, "batch_size": 16, "trainable": "all", "seeds": [0],
-        "max_text_loss_change": 0.15,
-        "real_n_train": 8, "real_n_unrelated": 12, "real_epochs": 25, "real_lr": 2e-3,
-        "real_trainable": "top:2", "real_answer_len": 8, "real_batch_size": 8},
+        "epochs": 120, "lr": 3e-4, "batch_size": 16, "trainable": "all", "replay": 0,
+        "seeds": [0],
+        "real_n_train": 8, "real_n_unrelated": 12, "real_epochs": 40, "real_lr": 1e-3,
+        "real_trainable": "top:2", "real_answer_len": 8, "real_batch_size": 8,
+        "real_replay": 16, "real_min_agreement": 0.5},
     book={"n_train": 48, "n_unrelated": 96, "noise": [0.0, 0.25, 0.5, 0.75, 1.0],
-          "answer_len": 2, "epochs": 35, "lr": 3e-3, "batch_size": 16, "trainable": "all",
-          "seeds": [0], "max_text_loss_change": 0.15,
-          "real_n_train": 24, "real_n_unrelated": 24, "real_epochs": 30, "real_lr": 2e-3,
-          "real_trainable": "top:2", "real_answer_len": 8, "real_batch_size": 8},
+          "answer_len": 2, "epochs": 150, "lr": 1e-4, "batch_size": 16, "trainable": "all",
+          "replay": 0, "seeds": [0, 1, 2],
+          "real_n_train": 16, "real_n_unrelated": 24, "real_epochs": 40, "real_lr": 1e-3,
+          "real_trainable": "top:2", "real_answer_len": 8, "real_batch_size": 8,
+          "real_replay": 32, "real_min_agreement": 0.5},
     full={"n_train": 256, "n_unrelated": 1000, "noise": [0.0, 0.25, 0.5, 0.75, 1.0],
-          "answer_len": 4, "epochs": 100, "lr": 2e-3, "batch_size": 32, "trainable": "all",
-          "seeds": [0, 1, 2, 3, 4], "max_text_loss_change": 0.15,
+          "answer_len": 4, "epochs": 400, "lr": 1e-4, "batch_size": 32, "trainable": "all",
+          "replay": 0, "seeds": [0, 1, 2, 3, 4],
           "real_n_train": 100, "real_n_unrelated": 100, "real_epochs": 100, "real_lr": 2e-4,
-          "real_trainable": "lora:32", "real_answer_len": 32, "real_batch_size": 16},
+          "real_trainable": "lora:32", "real_answer_len": 32, "real_batch_size": 16,
+          "real_replay": 200, "real_min_agreement": 0.5},
 )
 
 
@@ -129,6 +137,23 @@ def threshold_check(max_losses: Sequence[float], recalled: Sequence[bool],
             "n_below_recalled": len(below) - len(violations), "violations": violations,
             "share_below_recalled": (1 - len(violations) / len(below)) if below else float("nan"),
             "n_above": len(above), "n_above_recalled": sum(bool(recalled[i]) for i in above)}
+
+
+def accuracy_gap_z(acc_a: float, acc_b: float, n: int) -> float:
+    """Two-proportion z statistic of two accuracies measured on ``n`` questions each.
+
+    ``|z| < 2.58`` means the gap is within what sampling noise gives at the 1 %
+    level: the two models cannot be told apart by this accuracy. Returns 0 when
+    both accuracies are 0 or both are 1.
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    for name, v in (("acc_a", acc_a), ("acc_b", acc_b)):
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {v!r}")
+    pooled = (acc_a + acc_b) / 2
+    se = math.sqrt(pooled * (1 - pooled) * 2 / n)
+    return 0.0 if se == 0 else (acc_a - acc_b) / se
 
 
 def recall_vs_loss(losses: Sequence[float], recalled: Sequence[bool],
@@ -224,55 +249,124 @@ def synthetic_setup(n_train: int, n_unrelated: int, *, seed: int = 0, profile: s
 
 
 def _noisy_facts(train: Sequence[Fact], noise: float, answer_len: int, seed: int,
-                 world=None) -> list[Fact]:
+                 world=None, kind: str = "code") -> list[Fact]:
     from .facts_synthetic import random_answer_variants
-    return random_answer_variants(world, train, noise, seed=seed, kind="code", length=answer_len)
+    return random_answer_variants(world, train, noise, seed=seed, kind=kind, length=answer_len)
+
+
+def replay_items(world, exclude_subjects, n: int, *, seed: int = 0) -> list[tuple[str, str]]:
+    """``n`` pretraining-corpus items to mix into continued training, as (prompt, text) pairs.
+
+    Continued training on the memorized facts *alone* is not what Zhang et al.
+    or Li et al. did: their random labels sat inside an ordinary training set.
+    Mixing a sample of the backbone's own corpus into every epoch reproduces
+    that (continued pretraining with the new QA pairs added). Items that
+    mention a subject in ``exclude_subjects`` (the people whose facts are
+    memorized) are left out, so the corpus never gives the true answer away.
+    Each item is split after its first word, the prompt, as in
+    :func:`text_loss`. Drawn with ``seed``; fewer than ``n`` if the corpus is small.
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise ValueError(f"n (replay items) must be an int >= 0, got {n!r}")
+    exclude = set(exclude_subjects)
+    pool = [c.strip() for c in world.corpus
+            if " " in c.strip() and not any(s in c for s in exclude)]
+    chosen = random.Random(seed).sample(pool, min(n, len(pool)))
+    return [tuple(c.partition(" ")[::2]) for c in chosen]
+
+
+def unseen_statements(world, exclude_subjects, n: int, *, seed: int = 0) -> list[str]:
+    """``n`` statements the backbone never read: held-out text in the strict sense.
+
+    Facts stated zero times in pretraining (exposure 0) about people not in
+    ``exclude_subjects``; one statement each, cycling through the paraphrase
+    templates. Their loss is the LM's *generalization error*: grammar and
+    templates are predictable, the fact itself is not.
+    """
+    exclude = set(exclude_subjects)
+    facts = [f for f in world.facts if f.meta["exposure"] == 0 and f.subject not in exclude]
+    random.Random(seed).shuffle(facts)
+    out = []
+    for i, f in enumerate(facts[:n]):
+        options = world.statements(f)
+        out.append(options[i % len(options)])
+    return out
+
+
+def memorized(history) -> bool:
+    """``on_epoch_end`` stop rule of the randomization test: every training fact is
+    recalled *and* has all its answer tokens below ``ln 2`` (the last evaluation)."""
+    e = history.evals[-1] if history.evals else None
+    return bool(e) and all(e["train_recalled"]) and max(e["train_max_loss"]) < LN2
 
 
 def _run_one(base, tok, train_facts: Sequence[Fact], unrelated: Sequence[Fact],
              base_unrelated_preds: Sequence[str], *, epochs: int, lr: float, batch_size: int,
              trainable: str, seed: int, progress: bool,
              texts: Sequence[str] | None = None,
-             exemplars: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+             exemplars: Sequence[tuple[str, str]] = (),
+             replay: Sequence[tuple[str, str]] = (),
+             until_memorized: bool = False,
+             held_out_every_epoch: bool = True) -> dict[str, Any]:
     model = copy.deepcopy(base)
     prompts = [qa_prompt(f.question, exemplars) for f in train_facts]
     answers = [f.object for f in train_facts]
     u_prompts = [qa_prompt(f.question, exemplars) for f in unrelated]
     u_answers = [f.object for f in unrelated]
 
-    def evaluate(m, epoch):
-        t = fact_measurements(m, tok, prompts, answers)
+    def held_out(m):
         u = fact_measurements(m, tok, u_prompts, u_answers)
         extra = {"text_loss": text_loss(m, tok, texts)} if texts else {}
-        return {"epoch": epoch, **extra,
-                "train_token_losses": t["token_losses"], "train_pred": t["prediction"],
-                "train_recalled": t["recalled"], "train_max_loss": t["max_loss"],
-                "train_mean_loss": t["mean_loss"], "unrelated_pred": u["prediction"],
+        return {**extra, "unrelated_pred": u["prediction"],
                 "unrelated_loss": float(np.mean(u["mean_loss"])),
                 "unrelated_accuracy": float(np.mean(u["recalled"])),
                 "agreement": float(np.mean([normalize_answer(p) == normalize_answer(b) for p, b
                                             in zip(u["prediction"], base_unrelated_preds)]))}
 
-    hist = finetune_qa(model, tok, prompts, answers, epochs=epochs, lr=lr,
+    def evaluate(m, epoch):
+        t = fact_measurements(m, tok, prompts, answers)
+        out = {"epoch": epoch,
+               "train_token_losses": t["token_losses"], "train_pred": t["prediction"],
+               "train_recalled": t["recalled"], "train_max_loss": t["max_loss"],
+               "train_mean_loss": t["mean_loss"]}
+        if held_out_every_epoch or epoch == 0:
+            out.update(held_out(m))
+        return out
+
+    stop = (lambda epoch, h: memorized(h)) if until_memorized else None
+    hist = finetune_qa(model, tok, prompts + [p for p, _ in replay],
+                       answers + [a for _, a in replay], epochs=epochs, lr=lr,
                        batch_size=batch_size, trainable=trainable, seed=seed,
-                       eval_fn=evaluate, eval_at_start=True, progress=progress,
-                       desc="memorize")
+                       eval_fn=evaluate, eval_at_start=True, on_epoch_end=stop,
+                       progress=progress, desc="memorize")
+    if not held_out_every_epoch:  # the held-out side only before and after (cheaper)
+        with torch.no_grad():
+            hist.evals[-1].update(held_out(model))
     return hist.to_dict()
 
 
 def randomization_test(noise_levels: Sequence[float], *, n_train: int, n_unrelated: int,
                        answer_len: int, epochs: int, lr: float, batch_size: int,
-                       trainable: str = "all", seed: int = 0, profile: str | None = None,
-                       progress: bool = True) -> dict[str, Any]:
+                       trainable: str = "all", kind: str = "code", replay: int = 0,
+                       until_memorized: bool = False, seed: int = 0,
+                       profile: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Zhang et al.'s randomization test on the synthetic backbone (cached).
 
-    For each share ``noise`` of random answers (random code tokens, see
-    :func:`lamini_lite.facts_synthetic.random_answer_variants`, ``answer_len``
-    tokens each), fine-tune a fresh copy of the backbone on the same
-    ``n_train`` questions and measure after every epoch (epoch 0 = before):
+    For each share ``noise`` of random answers (see
+    :func:`lamini_lite.facts_synthetic.random_answer_variants`: ``kind="code"``
+    for random strings of ``answer_len`` code tokens, as Li et al.'s random
+    strings; ``kind="entity"`` for a wrong value of the right type, as Zhang et
+    al.'s shuffled labels), continue training a fresh copy of the backbone on
+    the same ``n_train`` questions, mixed with ``replay`` items of its
+    pretraining corpus (:func:`replay_items`; 0 = the questions alone), for
+    at most ``epochs`` epochs or, with ``until_memorized``, until every
+    training fact is recalled with all answer tokens below ``ln 2``
+    (:func:`memorized`). Measured after every epoch (epoch 0 = before):
     per training fact its answer-token losses, greedy prediction and recall;
     on ``n_unrelated`` other facts the mean answer loss, the accuracy and the
-    agreement with the base model's answers.
+    agreement with the base model's answers, and the loss of ``n_unrelated``
+    statements the backbone never read (:func:`unseen_statements`); the
+    held-out side is measured before and after training only.
 
     Returns ``{"noise": [...], "runs": [history dict per noise level],
     "train_facts": [...], "unrelated": [...], "base_unrelated": [...]}``
@@ -281,25 +375,30 @@ def randomization_test(noise_levels: Sequence[float], *, n_train: int, n_unrelat
     for v in noise_levels:
         if not 0 <= v <= 1:
             raise ValueError(f"noise levels must be in [0, 1], got {v!r}")
+    if kind not in ("code", "entity"):
+        raise ValueError(f"kind must be 'code' or 'entity', got {kind!r}")
     inputs = {"noise": list(noise_levels), "n_train": n_train, "n_unrelated": n_unrelated,
               "answer_len": answer_len, "epochs": epochs, "lr": lr, "batch_size": batch_size,
-              "trainable": trainable, "seed": seed, "profile_sizes": _backbone_key(profile),
-              "version": 3}
+              "trainable": trainable, "kind": kind, "replay": replay,
+              "until_memorized": until_memorized, "seed": seed,
+              "profile_sizes": _backbone_key(profile), "version": 5}
 
     def compute():
         base, tok, world, train, unrelated = synthetic_setup(n_train, n_unrelated, seed=seed,
                                                              profile=profile)
-        # Held-out text: one corpus statement of every unrelated fact.
-        texts = [world.statements(f)[0] for f in unrelated]
+        texts = unseen_statements(world, {f.subject for f in train}, n_unrelated, seed=seed)
         base_preds = greedy_answers(base, tok, [qa_prompt(f.question) for f in unrelated],
                                     max_new_tokens=6, batch_size=64)
+        mix = replay_items(world, {f.subject for f in train}, replay, seed=seed)
         runs, sets = [], []
         for noise in noise_levels:
-            facts = _noisy_facts(train, noise, answer_len, seed)
+            facts = _noisy_facts(train, noise, answer_len, seed, world=world, kind=kind)
             sets.append([f.to_dict() for f in facts])
             runs.append(_run_one(base, tok, facts, unrelated, base_preds, epochs=epochs, lr=lr,
                                  batch_size=batch_size, trainable=trainable, seed=seed,
-                                 progress=progress, texts=texts))
+                                 progress=progress, texts=texts, replay=mix,
+                                 until_memorized=until_memorized,
+                                 held_out_every_epoch=False))
         return {"noise": list(noise_levels), "runs": runs, "train_facts": sets,
                 "unrelated": [f.to_dict() for f in unrelated], "base_unrelated": base_preds}
 
@@ -314,8 +413,10 @@ def _backbone_key(profile: str | None) -> dict[str, Any]:
 
 
 def noise_summary(result: dict[str, Any], *, loss_target: float = 0.05):
-    """One row per noise level: epochs to 100 % recall and to a train loss of
-    ``loss_target``, final train loss and recall, and the held-out measures
+    """One row per noise level: epochs to 100 % recall, to "memorized" (every
+    fact recalled with all answer tokens below ln 2) and to a train loss of
+    ``loss_target``; the final train loss (replay included) and the final mean
+    answer loss of the memorized facts; recall; and the held-out measures
     before and after (a pandas DataFrame)."""
     import pandas as pd
 
@@ -330,7 +431,10 @@ def noise_summary(result: dict[str, Any], *, loss_target: float = 0.05):
             "noise": noise,
             "epochs_to_full_recall": epochs_to_criterion(recall, 1.0, epochs=e_epochs),
             "epochs_to_loss": epochs_to_criterion(run["train_loss"], loss_target, above=False),
+            "epochs_to_memorized": next((e["epoch"] for e in evals if all(e["train_recalled"])
+                                         and max(e["train_max_loss"]) < LN2), None),
             "final_train_loss": run["train_loss"][-1],
+            "final_fact_loss": float(np.mean(last["train_mean_loss"])),
             "recall_before": recall[0], "final_recall": recall[-1],
             "random_recalled": (float(np.mean([r for r, m in zip(last["train_recalled"],
                                                                  is_random) if m]))
@@ -367,7 +471,8 @@ def threshold_points(result: dict[str, Any]):
 
 
 def real_model_test(*, n_train: int, n_unrelated: int, answer_len: int, epochs: int, lr: float,
-                    batch_size: int, trainable: str = "top:2", shots: int = 2, seed: int = 0,
+                    batch_size: int, trainable: str = "top:2", shots: int = 2,
+                    until_memorized: bool = False, replay: int = 0, seed: int = 0,
                     progress: bool = True) -> dict[str, Any]:
     """Li et al.'s random-answer experiment on SmolLM2-135M-Instruct (cached).
 
@@ -378,13 +483,20 @@ def real_model_test(*, n_train: int, n_unrelated: int, answer_len: int, epochs: 
     LoRA adapter; the rest frozen) and measured before and after every epoch.
     Questions are asked with ``shots`` true exemplars from other facts in
     front (an instruct model asked zero-shot often answers in sentences).
-    Returns the history (``evals`` per epoch as in :func:`randomization_test`)
+    ``until_memorized`` stops at the first epoch where every random answer is
+    recalled with all its tokens below ``ln 2`` (:func:`memorized`).
+    ``replay`` more real questions (disjoint from the others) are mixed into
+    training with the *base model's own* greedy answers as targets: we have no
+    access to SmolLM2's pretraining data, so its own behaviour stands in for
+    it, the counterpart of the synthetic track's corpus replay. The held-out
+    questions are measured before and after training only. Returns the history (``evals`` per epoch as in :func:`randomization_test`)
     plus the questions, the gold and random answers and the base model's
     answers.
     """
     inputs = {"n_train": n_train, "n_unrelated": n_unrelated, "answer_len": answer_len,
               "epochs": epochs, "lr": lr, "batch_size": batch_size, "trainable": trainable,
-              "shots": shots, "seed": seed, "version": 3}
+              "shots": shots, "until_memorized": until_memorized, "replay": replay,
+              "seed": seed, "version": 5}
 
     def compute():
         from .facts_real import load_real_facts
@@ -393,10 +505,12 @@ def real_model_test(*, n_train: int, n_unrelated: int, answer_len: int, epochs: 
         model, tok = load_smollm2()
         pool = load_real_facts(seed=seed)
         rng = random.Random(seed)
-        chosen = rng.sample(pool, n_train + n_unrelated + shots)
+        chosen = rng.sample(pool, n_train + n_unrelated + shots + replay)
         train_true = chosen[:n_train]
         unrelated = chosen[n_train:n_train + n_unrelated]
-        exemplars = [(f.question, f.object) for f in chosen[n_train + n_unrelated:]]
+        exemplars = [(f.question, f.object) for f in
+                     chosen[n_train + n_unrelated:n_train + n_unrelated + shots]]
+        replay_facts = chosen[n_train + n_unrelated + shots:]
         train = with_random_answers(train_true, length=answer_len, fraction=1.0, seed=seed)
         base_preds = greedy_answers(model, tok, [qa_prompt(f.question, exemplars)
                                                  for f in unrelated],
@@ -404,9 +518,14 @@ def real_model_test(*, n_train: int, n_unrelated: int, answer_len: int, epochs: 
         base_train_preds = greedy_answers(model, tok, [qa_prompt(f.question, exemplars)
                                                        for f in train],
                                           max_new_tokens=12, batch_size=32)
+        replay_prompts = [qa_prompt(f.question, exemplars) for f in replay_facts]
+        replay_answers = greedy_answers(model, tok, replay_prompts, max_new_tokens=12,
+                                        batch_size=32) if replay_facts else []
+        mix = [(p, a) for p, a in zip(replay_prompts, replay_answers) if a.strip()]
         run = _run_one(model, tok, train, unrelated, base_preds, epochs=epochs, lr=lr,
                        batch_size=batch_size, trainable=trainable, seed=seed,
-                       progress=progress, exemplars=exemplars)
+                       progress=progress, exemplars=exemplars, replay=mix,
+                       until_memorized=until_memorized, held_out_every_epoch=False)
         return {"run": run, "train_facts": [f.to_dict() for f in train],
                 "unrelated": [f.to_dict() for f in unrelated], "base_unrelated": base_preds,
                 "exemplars": [list(e) for e in exemplars],

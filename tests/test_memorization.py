@@ -149,3 +149,57 @@ def test_text_loss_and_summaries_on_a_toy_run():
     assert len(widget.children) == 3
     ax = plot_training_story(run, facts, fact_index=1)
     assert ax.get_ylabel() == "answer-token loss (nats)"
+
+
+def test_replay_items_leave_out_the_trained_people_and_check_n():
+    from types import SimpleNamespace
+    from lamini_lite.memorization import replay_items
+    world = SimpleNamespace(corpus=["Ann Lee was born in Oslo .", "Bo Kim works for Acme .",
+                                    "Cy Day likes tea .", "c1 c2", "x"])
+    items = replay_items(world, {"Ann Lee"}, 10, seed=0)
+    texts = [p + " " + t for p, t in items]
+    assert len(items) == 3 and not any("Ann Lee" in t for t in texts)  # "x" has no tail
+    assert ("Bo", "Kim works for Acme .") in items
+    assert replay_items(world, set(), 2, seed=1) == replay_items(world, set(), 2, seed=1)
+    with pytest.raises(ValueError, match="replay"):
+        replay_items(world, set(), -1)
+
+
+def test_until_memorized_stops_at_the_first_memorized_epoch():
+    from lamini_lite.memorization import LN2, memorized
+    tok = toy_tokenizer()
+    base = tiny_llama(len(tok), hidden_size=64, num_layers=2, num_heads=2, seed=0)
+    train, unrelated = _facts(4), _facts(6)[4:]
+    replay = [("n5", "likes w1 w2"), ("n4", "likes w3")]
+    run = _run_one(base, tok, train, unrelated, ["w0", "w0"], epochs=60, lr=3e-3,
+                   batch_size=4, trainable="all", seed=0, progress=False, replay=replay,
+                   until_memorized=True)
+    last = run["evals"][-1]
+    assert run["stopped_early"] and run["epochs_run"] < 60
+    assert all(last["train_recalled"]) and max(last["train_max_loss"]) < LN2
+    earlier = run["evals"][-2]  # the epoch before did not meet the rule
+    assert not (all(earlier["train_recalled"]) and max(earlier["train_max_loss"]) < LN2)
+    assert len(last["train_recalled"]) == 4  # replay items are trained, not measured
+    from lamini_lite.finetune import FinetuneHistory
+    assert not memorized(FinetuneHistory())
+
+
+def test_randomization_test_rejects_an_unknown_kind():
+    from lamini_lite.memorization import randomization_test
+    with pytest.raises(ValueError, match="kind"):
+        randomization_test([0.0], n_train=2, n_unrelated=2, answer_len=1, epochs=1, lr=1e-3,
+                           batch_size=2, kind="shuffled")
+
+
+def test_accuracy_gap_z():
+    from lamini_lite.memorization import accuracy_gap_z
+    assert accuracy_gap_z(0.5, 0.5, 100) == 0.0
+    assert accuracy_gap_z(0.0, 0.0, 10) == 0.0
+    z = accuracy_gap_z(0.6, 0.4, 100)  # pooled 0.5: se = sqrt(0.5) / 10
+    assert z == pytest.approx(0.2 / math.sqrt(0.5 * 0.5 * 2 / 100))
+    assert accuracy_gap_z(0.4, 0.6, 100) == pytest.approx(-z)
+    assert abs(accuracy_gap_z(0.203, 0.094, 64)) < 2.58 < abs(accuracy_gap_z(0.9, 0.1, 64))
+    with pytest.raises(ValueError, match="n must"):
+        accuracy_gap_z(0.5, 0.5, 0)
+    with pytest.raises(ValueError, match="acc_b"):
+        accuracy_gap_z(0.5, 1.5, 10)
