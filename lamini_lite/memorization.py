@@ -130,6 +130,9 @@ def threshold_check(max_losses: Sequence[float], recalled: Sequence[bool],
                          f"{len(max_losses)} and {len(recalled)}")
     if not threshold > 0:
         raise ValueError(f"threshold must be > 0, got {threshold!r}")
+    # positions, not labels: a pandas Series may carry a non-unique index
+    max_losses = np.asarray(max_losses, dtype=float).tolist()
+    recalled = np.asarray(recalled, dtype=bool).tolist()
     below = [i for i, v in enumerate(max_losses) if v < threshold]
     above = [i for i, v in enumerate(max_losses) if v >= threshold]
     violations = [i for i in below if not recalled[i]]

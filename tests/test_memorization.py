@@ -73,6 +73,9 @@ def test_threshold_check_counts_and_violations():
     ok = threshold_check([0.1, 0.69], [True, True])
     assert ok["violations"] == [] and ok["share_below_recalled"] == 1.0
     assert math.isnan(threshold_check([1.0], [True])["share_below_recalled"])
+    import pandas as pd
+    dup = pd.Series([0.1, 0.2], index=[0, 0]), pd.Series([True, False], index=[0, 0])
+    assert threshold_check(*dup)["violations"] == [1]   # positions, even with repeated labels
     with pytest.raises(ValueError, match="same length"):
         threshold_check([0.1], [True, False])
     with pytest.raises(ValueError, match="threshold"):
