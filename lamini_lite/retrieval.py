@@ -59,6 +59,7 @@ __all__ = [
     "Retriever", "BM25Retriever", "DenseRetriever", "load_minilm", "bm25_tokenize",
     "UNKNOWN", "is_abstention", "rag_prompt", "rag_prompts", "closed_book_prompts",
     "pick_exemplars", "evaluate", "accuracy_table", "attribute_failures", "latency_table",
+    "MEMORY_APPROACH", "evaluate_memory_tuned",
 ]
 
 register_sizes(
@@ -802,3 +803,92 @@ def latency_table(results, retrievers: Sequence[Retriever] = ()):
     tab["index bytes"] = [info.get(a, (0, 0.0))[0] for a in tab.index]
     tab["index build s"] = [round(info.get(a, (0, 0.0))[1], 3) for a in tab.index]
     return tab
+
+
+# ----------------------------------------------------------------------- memory instead of retrieval
+
+MEMORY_APPROACH = "MoME (memory-tuned)"
+
+
+def evaluate_memory_tuned(world: RetrievalWorld, *, n_hard: int, n_shots: int = 3,
+                          max_new_tokens: int = 12, seed: int = 0, config=None,
+                          max_epochs: int = 40, categories: Mapping[str, str] | None = None,
+                          progress: bool = True):
+    """Store the corpus's facts in memory experts instead of retrieving them (cached).
+
+    A fresh SmolLM2 gets memory experts (:func:`lamini_lite.mome.add_memory_experts`,
+    ``config`` default: the ``"book"`` preset) and is memory-tuned
+    (:func:`lamini_lite.mome_train.memorize`) on every fact the corpus states and
+    the chapter asks -- ``world.ask``, ``world.random`` and ``world.ambiguous`` --
+    each with exactly the closed-book prompt :func:`evaluate` will ask it with.
+    It then answers, closed-book, the same conditions as the RAG runs:
+    ``standard`` (``world.ask``), ``paraphrased`` (the first ``n_hard`` asked
+    facts, :func:`paraphrase_question`), ``random answer``, ``ambiguous`` and
+    ``not in corpus`` (``world.held_out``: never memorized, so the model answers
+    from its own weights).
+
+    Returns ``(rows, cost)``: a DataFrame of :func:`evaluate` rows with approach
+    :data:`MEMORY_APPROACH` (``categories`` fills the ``category`` column, as in
+    :func:`evaluate`) and a dict with the memory tuning's ``epochs``,
+    ``seconds``, ``recall``, ``rows_written``, ``params_updated``,
+    ``optimizer_bytes`` and the memory's ``memory_bytes``
+    (:meth:`lamini_lite.mome.MoME.footprint_bytes`).
+    """
+    import pandas as pd
+
+    if n_hard < 1 or n_hard > len(world.ask):
+        raise RetrievalError(f"n_hard must be in [1, {len(world.ask)}] (the asked facts), "
+                             f"got {n_hard}")
+    from .mome import MoMEConfig
+
+    config = config or MoMEConfig.preset("book")
+    groups = {"standard": list(world.ask), "random answer": list(world.random),
+              "ambiguous": list(world.ambiguous)}
+    inputs = {"world": fingerprint({name: [f.to_dict() for f in facts] for name, facts in
+                                    [*groups.items(), ("held_out", world.held_out),
+                                     ("pool", world.pool)]}),
+              "n_hard": n_hard, "n_shots": n_shots, "max_new_tokens": max_new_tokens,
+              "seed": seed, "config": config.to_json(), "max_epochs": max_epochs, "version": 1}
+
+    def compute() -> dict[str, Any]:
+        from .models import load_smollm2
+        from .mome import add_memory_experts
+        from .mome_train import memorize
+
+        model, tok = load_smollm2()
+        prompts, answers = [], []
+        for facts in groups.values():
+            if facts:
+                prompts += closed_book_prompts(facts, pick_exemplars(facts, world.pool, n_shots,
+                                                                     seed=seed))
+                answers += [f.object for f in facts]
+        mome = add_memory_experts(model, config, tokenizer=tok)
+        res = memorize(model, tok, prompts, answers, max_epochs=max_epochs, seed=seed,
+                       progress=progress)
+        run = {"model": model, "tokenizer": tok, "pool": world.pool, "n_shots": n_shots,
+               "max_new_tokens": max_new_tokens, "seed": seed, "approach": MEMORY_APPROACH}
+        hard = groups["standard"][:n_hard]
+        frames = [evaluate(**run, facts=groups["standard"], condition="standard"),
+                  evaluate(**run, facts=hard, questions=[paraphrase_question(f) for f in hard],
+                           condition="paraphrased")]
+        if groups["random answer"]:
+            frames.append(evaluate(**run, facts=groups["random answer"],
+                                   condition="random answer"))
+        if groups["ambiguous"]:
+            frames.append(evaluate(**run, facts=groups["ambiguous"], condition="ambiguous"))
+        if world.held_out:
+            frames.append(evaluate(**run, facts=world.held_out, condition="not in corpus"))
+        rows = pd.concat(frames, ignore_index=True)
+        cost = {"epochs": res.epochs, "seconds": res.seconds, "recall": res.recall,
+                "rows_written": res.rows_written, "params_updated": res.params_updated,
+                "optimizer_bytes": res.optimizer_bytes,
+                "memory_bytes": int(mome.footprint_bytes())}
+        return {"rows": rows.to_dict(orient="records"), "cost": cost}
+
+    out = cached("retrieval_memory_tuned", inputs, compute)
+    rows = pd.DataFrame(out["rows"])
+    if categories is not None:
+        rows["category"] = pd.Series([categories.get(fid, categories.get(key))
+                                      for fid, key in zip(rows["fact"], rows["key"])],
+                                     dtype=object, index=rows.index)
+    return rows, dict(out["cost"])

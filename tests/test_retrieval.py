@@ -253,3 +253,31 @@ def test_make_world_is_disjoint_and_states_the_right_facts():
     assert paraphrase_question(w.ask[0]) != w.ask[0].question
     with pytest.raises(RetrievalError, match="too few"):
         make_world(facts, n_ask=10, n_hard=2)
+
+
+@pytest.mark.slow
+def test_memory_tuned_mome_answers_what_it_stored(smollm2, tmp_cache):
+    """MoME memorizes the corpus's facts; questions it did not store are answered as before."""
+    from lamini_lite.retrieval import MEMORY_APPROACH, evaluate_memory_tuned
+
+    model, tok = smollm2
+    facts = [_cap(f"Land{i}", f"City{i}") for i in range(12)]
+    w = make_world(facts, n_ask=3, n_hard=2, random_length=6, seed=1)
+    with pytest.raises(RetrievalError, match="n_hard"):
+        evaluate_memory_tuned(w, n_hard=0)
+    cats = {w.ask[0].key: "Unknown"}
+    rows, cost = evaluate_memory_tuned(w, n_hard=2, n_shots=2, max_new_tokens=8,
+                                       categories=cats, progress=False)
+    assert cost["recall"] == 1.0 and cost["rows_written"] > 0 and cost["memory_bytes"] > 0
+    assert set(rows["approach"]) == {MEMORY_APPROACH}
+    by = rows.groupby("condition")
+    assert by.size().to_dict() == {"standard": 3, "paraphrased": 2, "random answer": 2,
+                                   "not in corpus": 2}
+    assert by["correct"].mean()[["standard", "random answer"]].eq(1.0).all()
+    assert rows["category"].tolist()[:2] == ["Unknown", None]
+    # held-out facts were never stored: the memory stays silent, answers are the base model's
+    held = rows[rows.condition == "not in corpus"]
+    base = evaluate(model, tok, w.held_out, w.pool, n_shots=2, max_new_tokens=8)
+    assert held["prediction"].tolist() == base["prediction"].tolist()
+    again, _ = evaluate_memory_tuned(w, n_hard=2, n_shots=2, max_new_tokens=8, progress=False)
+    assert again["prediction"].tolist() == rows["prediction"].tolist()   # cached
