@@ -227,6 +227,7 @@ def _interpreter_mode():
 
     jit_cls.__call__ = interpreted_call
     runtime.__dict__["interpret"] = True  # without touching os.environ
+    saved_lang = _snapshot_lang()
     try:
         yield
     finally:
@@ -235,6 +236,42 @@ def _interpreter_mode():
             runtime.__dict__["interpret"] = saved_knob
         else:
             runtime.__dict__.pop("interpret", None)
+        _restore_lang(saved_lang)
+
+
+def _lang_objects() -> list:
+    """What Triton's interpreter patches: the language modules and its tensor classes."""
+    objs = [tl, tl.core, tl.math, tl.core.tensor]
+    base = getattr(tl.core, "tensor_descriptor_base", None)
+    return objs + ([base] if base is not None else [])
+
+
+def _snapshot_lang() -> list[tuple[object, dict]]:
+    return [(obj, dict(vars(obj))) for obj in _lang_objects()]
+
+
+def _restore_lang(snapshot: list[tuple[object, dict]]) -> None:
+    """Undo attribute changes made since ``snapshot``.
+
+    The interpreter patches ``triton.language`` (its builtins and ``tl.tensor``'s
+    methods) when a jitted library function such as ``tl.sum`` is called from an
+    interpreted kernel, and does not restore them; left in place, they break
+    every later compilation in the same process (e.g. the ahead-of-time builds).
+    Submodules imported meanwhile stay.
+    """
+    import types
+
+    for obj, saved in snapshot:
+        now = dict(vars(obj))
+        for name, value in now.items():
+            if name not in saved:
+                if not isinstance(value, types.ModuleType):
+                    delattr(obj, name)
+            elif value is not saved[name]:
+                setattr(obj, name, saved[name])
+        for name, value in saved.items():
+            if name not in now:
+                setattr(obj, name, value)
 
 
 @functools.lru_cache(maxsize=None)

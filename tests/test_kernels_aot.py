@@ -54,3 +54,25 @@ def test_bad_arguments():
         aot.compile_kernel("nope")
     with pytest.raises(ValueError, match="value_dtype"):
         aot.compile_kernel("forward", 90, "fp64")
+
+
+def test_compiles_after_the_interpreter_ran():
+    """Running a kernel under Triton's interpreter must not leave triton.language patched."""
+    import torch
+    import triton.language as tl
+
+    from lamini_lite.kernels import memory_lookup
+
+    def state():
+        return {(o.__name__, k): v for o in (tl.core, tl.math, tl.core.tensor)
+                for k, v in vars(o).items()}
+
+    before = state()
+    values = torch.randn(8, 4, requires_grad=True)
+    weights = torch.rand(3, 2, requires_grad=True)
+    out = memory_lookup(values, torch.randint(0, 8, (3, 2)), weights, backend="triton")
+    out.sum().backward()                       # forward and backward kernels, interpreted
+    after = state()
+    assert after.keys() == before.keys()
+    assert [k for k in before if after[k] is not before[k]] == []
+    assert aot.compile_kernel("weights_grad", 90, "fp32").cubin_bytes > 0
