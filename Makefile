@@ -30,7 +30,7 @@ book:
 	@rm -f _build/stage-times.txt
 	@$(STAGE) "install (.venv)" scripts/install.sh
 	@echo "Executing $(words $(NOTEBOOKS)) notebooks in the '$${LAMINI_LITE_PROFILE:-book}' profile."
-	@echo "First run: about 30-60 minutes on a 2-core CPU (the first chapter also converts"
+	@echo "First run: roughly 2 hours on a 2-core CPU (the first chapter also converts"
 	@echo "SmolLM2 and pretrains the synthetic backbone; both are cached). Unchanged"
 	@echo "notebooks are not re-executed on later runs (execution cache)."
 	@$(STAGE) "execute notebooks + build site" .venv/bin/jupyter-book build . --all -W --keep-going
