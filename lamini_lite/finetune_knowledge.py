@@ -53,7 +53,7 @@ import torch
 from .cache import cached, fingerprint
 from .facts import Fact, FactError, qa_prompt
 from .finetune import finetune_qa
-from .lm import newline_token_ids, position_ids
+from .lm import left_pad, newline_token_ids, position_ids
 from .profiles import register_sizes
 from .slick import CATEGORIES, SliCKResult
 
@@ -289,12 +289,8 @@ def greedy_match(model, tokenizer, prompts: Sequence[str],
         for start in range(0, len(rows), batch_size):
             chunk = rows[start:start + batch_size]
             seqs = [p + a for _, _, p, a in chunk]
-            width = max(len(s) for s in seqs)
-            ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for r, s in enumerate(seqs):
-                ids[r, width - len(s):] = torch.tensor(s)
-                mask[r, width - len(s):] = 1
+            ids, mask = left_pad(seqs, pad)
+            width = ids.shape[1]
             # positions whose next-token prediction we need: the last prompt token
             # up to the last answer token (the latter must predict a newline)
             rr, pos, want = [], [], []

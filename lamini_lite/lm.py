@@ -20,7 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 STOP = "\n"
 
-__all__ = ["STOP", "answer_target", "encode_qa", "collate_qa", "greedy_answers",
+__all__ = ["STOP", "answer_target", "encode_qa", "collate_qa", "left_pad", "greedy_answers",
            "answer_token_losses", "newline_token_ids", "top_next_tokens", "position_ids"]
 
 
@@ -67,6 +67,25 @@ def collate_qa(tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[list[in
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def left_pad(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token-id sequences into ``(ids, attention_mask)``, both ``(len(seqs), width)``.
+
+    ``width`` is the longest sequence; padding goes on the left, so every row's
+    last token sits in the last column (where generation continues). Empty
+    sequences give an all-padding row with a zero mask.
+    """
+    if not seqs:
+        raise ValueError("left_pad needs at least one sequence")
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if len(s):
+            ids[i, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
+            mask[i, width - len(s):] = 1
+    return ids, mask
+
+
 def position_ids(mask: torch.Tensor) -> torch.Tensor:
     """Position ids that count only real tokens, so left padding changes nothing."""
     return (mask.cumsum(-1) - 1).clamp(min=0)
@@ -107,12 +126,7 @@ def greedy_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     for start in tqdm(batches, desc="greedy answers", disable=not progress):
         chunk = list(prompts[start:start + batch_size])
         enc = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"] for p in chunk]
-        width = max(len(e) for e in enc)
-        ids = torch.full((len(enc), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, e in enumerate(enc):
-            ids[i, width - len(e):] = torch.tensor(e)
-            mask[i, width - len(e):] = 1
+        ids, mask = left_pad(enc, pad)
         out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
                     use_cache=True)
         past = out.past_key_values

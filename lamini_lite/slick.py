@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 
 from .cache import cached, fingerprint
 from .facts import Fact, FactError, normalize_answer, qa_prompt
-from .lm import STOP, newline_token_ids, position_ids
+from .lm import STOP, left_pad, newline_token_ids, position_ids
 from .profiles import register_sizes
 
 __all__ = ["CATEGORIES", "SliCKProtocol", "SliCKResult", "category", "categories_from_probs",
@@ -273,17 +273,6 @@ def _answer_text(tokenizer, tokens: list[int]) -> str:
     return tokenizer.decode(tokens, skip_special_tokens=True).split(STOP, 1)[0].strip()
 
 
-def _left_pad(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if s:
-            ids[i, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
-            mask[i, width - len(s):] = 1
-    return ids, mask
-
-
 @torch.no_grad()
 def _decode_chunk(model, prefixes: list[tuple[int, ...]], suffixes: list[list[int]],
                   uniforms: torch.Tensor, protocol: SliCKProtocol, stop_ids: torch.Tensor,
@@ -313,7 +302,7 @@ def _decode_chunk(model, prefixes: list[tuple[int, ...]], suffixes: list[list[in
     # 1) each distinct exemplar block once
     uniq: dict[tuple[int, ...], int] = {}
     which = [uniq.setdefault(p, len(uniq)) for p in prefixes]
-    p_ids, p_mask = _left_pad(list(uniq), pad)
+    p_ids, p_mask = left_pad(list(uniq), pad)
     out = model(input_ids=p_ids, attention_mask=p_mask,
                 position_ids=position_ids(p_mask), use_cache=True,
                 logits_to_keep=1)
@@ -321,7 +310,7 @@ def _decode_chunk(model, prefixes: list[tuple[int, ...]], suffixes: list[list[in
     # 2) each prompt's question part, on a copy of its block's cache
     sel = torch.tensor(which, dtype=torch.long)
     past.reorder_cache(sel)
-    s_ids, s_mask = _left_pad(suffixes, pad)
+    s_ids, s_mask = left_pad(suffixes, pad)
     mask = torch.cat([p_mask[sel], s_mask], dim=1)
     pos = position_ids(mask)[:, -s_ids.shape[1]:]
     out = model(input_ids=s_ids, attention_mask=mask, position_ids=pos, past_key_values=past,

@@ -73,3 +73,14 @@ def test_top_next_tokens(smollm2):
     assert all(a[1] >= b[1] for a, b in zip(top, top[1:]))
     with pytest.raises(ValueError, match="k must be"):
         top_next_tokens(model, tok, "x", k=0)
+
+
+def test_left_pad_puts_every_last_token_in_the_last_column():
+    from lamini_lite.lm import left_pad
+
+    ids, mask = left_pad([[5, 6, 7], [8], []], pad=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8], [0, 0, 0]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 0, 0]]
+    assert ids.dtype == mask.dtype == torch.long
+    with pytest.raises(ValueError, match="at least one"):
+        left_pad([], pad=0)
