@@ -12,10 +12,10 @@ WORDS = ["Q:", "A:", "who", "likes", "what", "?"] + [f"n{i}" for i in range(8)] 
         [f"w{i}" for i in range(12)]
 
 
-def toy_tokenizer():
-    """A word-level tokenizer: words split on spaces, newline is its own token."""
+def toy_tokenizer(words=WORDS):
+    """A word-level tokenizer over ``words``: split on spaces, newline is its own token."""
     vocab = {"<pad>": 0, "<unk>": 1, "\n": 2}
-    for w in WORDS:
+    for w in words:
         vocab.setdefault(w, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence([
@@ -26,13 +26,7 @@ def toy_tokenizer():
     return fast
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models train ~10x faster on one thread than on a busy shared pool.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture

@@ -1,8 +1,6 @@
 import numpy as np
 import pytest
 import torch
-from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
 
 import lamini_lite.finetune_knowledge as fk
 from lamini_lite.facts import Fact, FactError
@@ -11,22 +9,15 @@ from lamini_lite.lm import greedy_answers
 from lamini_lite.models import tiny_llama
 from lamini_lite.profiles import sizes
 
+from test_finetune import toy_tokenizer as word_tokenizer  # noqa: E402
+
 CATS = ("HighlyKnown", "MaybeKnown", "WeaklyKnown", "Unknown")
 WORDS = ["Q:", "A:", "where", "is", "?", "I", "don't", "know"] + \
     [f"p{i}" for i in range(40)] + [f"c{i}" for i in range(6)]
 
 
 def toy_tokenizer():
-    vocab = {"<pad>": 0, "<unk>": 1, "\n": 2}
-    for w in WORDS:
-        vocab.setdefault(w, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(" "), behavior="removed"),
-        pre_tokenizers.Split(Regex("\n"), behavior="isolated")])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>")
-    fast.padding_side = "left"
-    return fast
+    return word_tokenizer(WORDS)
 
 
 def toy_facts(n=40):
@@ -37,12 +28,7 @@ def toy_cats(n=40):
     return [CATS[i % 4] for i in range(n)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture

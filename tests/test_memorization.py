@@ -13,12 +13,7 @@ from lamini_lite.profiles import sizes
 from test_finetune import toy_tokenizer  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def _facts(n, offset=0):
