@@ -296,11 +296,15 @@ def unseen_statements(world, exclude_subjects, n: int, *, seed: int = 0) -> list
     return out
 
 
+def _all_memorized(e: dict[str, Any]) -> bool:
+    # one evaluation: every training fact recalled, every answer token below ln 2
+    return all(e["train_recalled"]) and max(e["train_max_loss"]) < LN2
+
+
 def memorized(history) -> bool:
     """``on_epoch_end`` stop rule of the randomization test: every training fact is
     recalled *and* has all its answer tokens below ``ln 2`` (the last evaluation)."""
-    e = history.evals[-1] if history.evals else None
-    return bool(e) and all(e["train_recalled"]) and max(e["train_max_loss"]) < LN2
+    return bool(history.evals) and _all_memorized(history.evals[-1])
 
 
 def _run_one(base, tok, train_facts: Sequence[Fact], unrelated: Sequence[Fact],
@@ -434,8 +438,7 @@ def noise_summary(result: dict[str, Any], *, loss_target: float = 0.05):
             "noise": noise,
             "epochs_to_full_recall": epochs_to_criterion(recall, 1.0, epochs=e_epochs),
             "epochs_to_loss": epochs_to_criterion(run["train_loss"], loss_target, above=False),
-            "epochs_to_memorized": next((e["epoch"] for e in evals if all(e["train_recalled"])
-                                         and max(e["train_max_loss"]) < LN2), None),
+            "epochs_to_memorized": next((e["epoch"] for e in evals if _all_memorized(e)), None),
             "final_train_loss": run["train_loss"][-1],
             "final_fact_loss": float(np.mean(last["train_mean_loss"])),
             "recall_before": recall[0], "final_recall": recall[-1],

@@ -228,6 +228,7 @@ def memorize(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], *
         for epoch in range(max_epochs):
             total, count = 0.0, 0
             ok, worst = [False] * len(prompts), [math.inf] * len(prompts)
+            keys_fresh = False  # match keys recorded since this epoch's last update
             jobs = [("fact", b) for b in batches] + [("neg", b) for b in neg]
             for j in torch.randperm(len(jobs), generator=gen).tolist():
                 kind, b = jobs[j]
@@ -256,6 +257,7 @@ def memorize(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], *
             if all(ok) and all(w < thr for w in worst):
                 # The training pass saw the state before each update: re-check.
                 _record_keys(mome, model, layer, batches, key_start)
+                keys_fresh = True
                 ok, worst = _evaluate(model, layer, batches, len(prompts))
             res.loss_history.append(total / max(1, count))
             res.recall_history.append(sum(ok) / len(ok))
@@ -266,7 +268,8 @@ def memorize(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], *
             done = all(ok) and all(w < thr for w in worst)
             last = out_of_time or epoch + 1 == max_epochs
             if done or last:
-                _record_keys(mome, model, layer, batches, key_start)
+                if not keys_fresh:
+                    _record_keys(mome, model, layer, batches, key_start)
                 if confirm:
                     got = greedy_answers(model, tokenizer, list(prompts),
                                          max_new_tokens=_max_tokens(tokenizer, answers))
