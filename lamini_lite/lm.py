@@ -128,7 +128,7 @@ def greedy_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         enc = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"] for p in chunk]
         ids, mask = left_pad(enc, pad)
         out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
-                    use_cache=True)
+                    use_cache=True, logits_to_keep=1)  # the head on the last position only
         past = out.past_key_values
         generated = []
         done = torch.zeros(len(enc), dtype=torch.bool)
@@ -155,15 +155,18 @@ def greedy_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
 @torch.no_grad()
 def answer_token_losses(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                         prompts: Sequence[str], answers: Sequence[str], *, batch_size: int = 32,
-                        stop: str = STOP, include_stop: bool = True, progress: bool = False
-                        ) -> list[torch.Tensor]:
+                        stop: str = STOP, include_stop: bool = True, progress: bool = False,
+                        return_hits: bool = False
+                        ) -> list[torch.Tensor] | tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per-token loss ``-log p(token)`` (nats) of each answer given its prompt.
 
     Returns one 1-D float tensor per (prompt, answer): the losses of the
     answer's tokens in order, including the closing ``stop`` token(s) unless
     ``include_stop=False``. Greedy decoding reproduces an answer exactly if
     every one of these tokens is the argmax -- guaranteed when each loss is
-    below ``ln 2`` (then p > 1/2).
+    below ``ln 2`` (then p > 1/2). With ``return_hits=True`` it returns
+    ``(losses, hits)``, ``hits`` holding per token whether it is the argmax
+    (all true: greedy decoding writes exactly these tokens).
     """
     if len(prompts) != len(answers):
         raise ValueError(f"prompts and answers must have the same length, got "
@@ -171,26 +174,33 @@ def answer_token_losses(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
     was_training = model.training
     model.eval()
     result: list[torch.Tensor] = []
+    hits: list[torch.Tensor] = []
     n_stop = len(tokenizer(stop, add_special_tokens=False)["input_ids"]) if stop else 0
     for start in tqdm(range(0, len(prompts), batch_size), desc="answer losses",
                       disable=not progress):
         pairs = [encode_qa(tokenizer, p, a, stop=stop)
                  for p, a in zip(prompts[start:start + batch_size], answers[start:start + batch_size])]
         batch = collate_qa(tokenizer, pairs)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       position_ids=position_ids(batch["attention_mask"])).logits
-        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        # the decoder once, the LM head on answer positions only
+        hidden = model.get_decoder()(input_ids=batch["input_ids"],
+                                     attention_mask=batch["attention_mask"],
+                                     position_ids=position_ids(batch["attention_mask"])
+                                     ).last_hidden_state[:, :-1]
         tgt = batch["labels"][:, 1:]
+        head = model.get_output_embeddings()
         for i in range(len(pairs)):
             sel = tgt[i] != -100
-            tok_loss = -logp[i][sel].gather(-1, tgt[i][sel][:, None]).squeeze(-1)
-            if not include_stop and n_stop:
+            logp = torch.log_softmax(head(hidden[i][sel]).float(), dim=-1)
+            tok_loss = -logp.gather(-1, tgt[i][sel][:, None]).squeeze(-1)
+            tok_hit = logp.argmax(-1) == tgt[i][sel]
+            if not include_stop and n_stop and tok_loss.numel() > n_stop:
                 # The stop text may merge with the answer's last token; drop only
                 # trailing tokens that are pure stop tokens.
-                tok_loss = tok_loss[:-n_stop] if tok_loss.numel() > n_stop else tok_loss
+                tok_loss, tok_hit = tok_loss[:-n_stop], tok_hit[:-n_stop]
             result.append(tok_loss)
+            hits.append(tok_hit)
     model.train(was_training)
-    return result
+    return (result, hits) if return_hits else result
 
 
 @torch.no_grad()

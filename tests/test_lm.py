@@ -55,6 +55,10 @@ def test_answer_token_losses_match_threshold_argument(smollm2):
     assert (losses < math.log(2)).all()  # so greedy decoding must return it
     (wrong,) = answer_token_losses(model, tok, prompts, ["Lyon"])
     assert wrong[0] > losses[0]
+    (same,), (hits,) = answer_token_losses(model, tok, prompts, ["Paris"], return_hits=True)
+    assert torch.equal(same, losses) and hits.tolist() == [True, True]
+    _, (miss,) = answer_token_losses(model, tok, prompts, ["Lyon"], return_hits=True)
+    assert not miss[0]  # " Lyon" is not what the model would write first
     with pytest.raises(ValueError, match="same length"):
         answer_token_losses(model, tok, prompts, ["a", "b"])
 
