@@ -23,7 +23,12 @@ What it does, per the conventions of :mod:`lamini_lite.lm`:
   private ``torch.Generator`` and LoRA's initialization from a forked RNG;
 * after each epoch ``eval_fn(model, epoch)`` may measure anything (its result
   is stored in the history) and ``on_epoch_end(epoch, history)`` may return
-  ``True`` to stop early.
+  ``True`` to stop early;
+* with ``cache_frozen_prefix=True``, when nothing below some decoder layer
+  learns (``"top:N"``), the hidden states entering the lowest trained layer
+  are computed once per pair and reused every epoch, and the LM head runs
+  only on answer positions: the same loss (up to float rounding) for a
+  fraction of the compute.
 
 LoRA is injected *into the model in place* (``peft.inject_adapter_in_model``),
 so the model stays the same ``transformers`` object: ``generate``,
@@ -50,7 +55,8 @@ from .lm import collate_qa, encode_qa, position_ids
 from .seeding import torch_generator
 
 __all__ = ["FinetuneHistory", "finetune_qa", "select_trainable", "decoder_layers",
-           "merge_lora", "unload_lora", "has_lora", "qa_loss"]
+           "merge_lora", "unload_lora", "has_lora", "qa_loss", "first_trained_layer",
+           "FrozenPrefix"]
 
 TrainableSpec = Union[str, Callable[[torch.nn.Module], Iterable[torch.nn.Parameter]]]
 
@@ -236,6 +242,80 @@ def qa_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[tor
     return loss / max(n, 1), n
 
 
+def first_trained_layer(model: torch.nn.Module) -> int:
+    """Index of the lowest decoder layer with a trainable parameter.
+
+    Returns 0 when the input embeddings (or anything outside the decoder
+    layers below it) train, and the number of layers when no layer trains.
+    """
+    layers = decoder_layers(model)
+    in_layers = {id(p) for layer in layers for p in layer.parameters()}
+    if any(p.requires_grad and id(p) not in in_layers
+           for p in model.get_input_embeddings().parameters()):
+        return 0
+    for i, layer in enumerate(layers):
+        if any(p.requires_grad for p in layer.parameters()):
+            return i
+    return len(layers)
+
+
+class FrozenPrefix:
+    """Hidden states entering decoder layer ``first`` for each encoded QA pair, computed once.
+
+    While nothing below ``first`` learns these states never change, so each
+    training step or evaluation can run only layers ``first..`` and the LM
+    head, and the head only on answer positions. ``encoded`` holds
+    :func:`~lamini_lite.lm.encode_qa` pairs; rows are picked by index.
+    :meth:`loss` equals :func:`qa_loss` on the same batch up to float
+    rounding. Llama-family models (``model.model.norm``) only.
+    """
+
+    def __init__(self, model: torch.nn.Module, encoded: Sequence[tuple[list[int], list[int]]],
+                 first: int):
+        from .mome import layer_inputs
+        n_layers = len(decoder_layers(model))
+        if not 0 < first < n_layers:
+            raise ValueError(f"first must be in [1, {n_layers - 1}], got {first!r}")
+        self.model, self.first, self.encoded = model, first, list(encoded)
+        self.states = []
+        for ids, _ in self.encoded:
+            batch = {"input_ids": torch.tensor([ids]),
+                     "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
+            self.states.append(layer_inputs(model, first, batch)[0][0])
+
+    def _answer_logits(self, tokenizer, idx: Sequence[int]):
+        from .mome import layer_inputs, run_from
+        batch = collate_qa(tokenizer, [self.encoded[i] for i in idx])
+        _, kw = layer_inputs(self.model, 0, batch)  # mask and rotary terms only
+        width = batch["input_ids"].shape[1]
+        h = self.states[idx[0]].new_zeros(len(idx), width, self.states[idx[0]].shape[-1])
+        for row, i in enumerate(idx):
+            h[row, width - self.states[i].shape[0]:] = self.states[i]
+        tgt = batch["labels"][:, 1:]
+        where = tgt != -100
+        hidden = run_from(self.model, self.first, h, kw)[:, :-1][where]
+        return self.model.get_output_embeddings()(hidden).float(), tgt[where], where.sum(-1)
+
+    def loss(self, tokenizer, idx: Sequence[int]) -> tuple[torch.Tensor, int]:
+        """``(mean answer-token loss, n answer tokens)`` of rows ``idx``, as :func:`qa_loss`."""
+        logits, tgt, _ = self._answer_logits(tokenizer, idx)
+        return F.cross_entropy(logits, tgt, reduction="sum") / max(len(tgt), 1), len(tgt)
+
+    @torch.no_grad()
+    def token_scores(self, tokenizer, idx: Sequence[int] | None = None
+                     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per row: answer-token losses (nats) and whether each token is the argmax.
+
+        The same as :func:`~lamini_lite.lm.answer_token_losses` with
+        ``return_hits=True``, at the cost of the layers from ``first`` up.
+        """
+        idx = list(range(len(self.encoded))) if idx is None else list(idx)
+        logits, tgt, counts = self._answer_logits(tokenizer, idx)
+        loss = F.cross_entropy(logits, tgt, reduction="none")
+        hit = logits.argmax(-1) == tgt
+        return list(loss.split(counts.tolist())), list(hit.split(counts.tolist()))
+
+
 def _make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float,
                     weight_decay: float) -> torch.optim.Optimizer:
     if name == "adamw":
@@ -257,6 +337,7 @@ def finetune_qa(model: torch.nn.Module, tokenizer, prompts: Sequence[str],
                 eval_fn: Callable[[torch.nn.Module, int], Any] | None = None,
                 eval_every: int = 1, eval_at_start: bool = False,
                 on_epoch_end: Callable[[int, FinetuneHistory], bool | None] | None = None,
+                cache_frozen_prefix: bool = False,
                 progress: bool = True, desc: str = "fine-tune") -> FinetuneHistory:
     """Fine-tune ``model`` in place on (prompt, answer) pairs; return its history.
 
@@ -279,6 +360,9 @@ def finetune_qa(model: torch.nn.Module, tokenizer, prompts: Sequence[str],
             and gradients are off while it runs.
         on_epoch_end: ``on_epoch_end(epoch, history)`` after each epoch (after
             eval_fn); returning ``True`` stops training (early stopping).
+        cache_frozen_prefix: compute the frozen layers below the lowest trained
+            decoder layer once per pair and reuse them (Llama-family models;
+            no effect when the lowest layer or the embeddings train).
         progress: show a tqdm bar over steps with the running loss.
 
     Returns:
@@ -312,6 +396,11 @@ def finetune_qa(model: torch.nn.Module, tokenizer, prompts: Sequence[str],
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0)
     encoded = [encode_qa(tokenizer, p, a) for p, a in zip(prompts, answers)]
+    prefix = None
+    if cache_frozen_prefix:
+        first = first_trained_layer(model)
+        if 0 < first < len(decoder_layers(model)):
+            prefix = FrozenPrefix(model, encoded, first)
     gen = torch_generator(seed)
     n_batches = math.ceil(len(encoded) / batch_size)
     start = time.perf_counter()
@@ -331,9 +420,11 @@ def finetune_qa(model: torch.nn.Module, tokenizer, prompts: Sequence[str],
             order = torch.randperm(len(encoded), generator=gen).tolist()
             total, count = 0.0, 0
             for b in range(n_batches):
-                batch = collate_qa(tokenizer, [encoded[i] for i in
-                                               order[b * batch_size:(b + 1) * batch_size]])
-                loss, n_tok = qa_loss(model, batch)
+                idx = order[b * batch_size:(b + 1) * batch_size]
+                if prefix is not None:
+                    loss, n_tok = prefix.loss(tokenizer, idx)
+                else:
+                    loss, n_tok = qa_loss(model, collate_qa(tokenizer, [encoded[i] for i in idx]))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if max_grad_norm is not None:

@@ -4,7 +4,8 @@ from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from lamini_lite.finetune import (FinetuneHistory, decoder_layers, finetune_qa, has_lora,
-                                  merge_lora, select_trainable, unload_lora)
+                                  first_trained_layer, merge_lora, select_trainable,
+                                  unload_lora)
 from lamini_lite.lm import answer_token_losses, greedy_answers
 from lamini_lite.models import tiny_llama
 
@@ -181,3 +182,45 @@ def test_select_trainable_all_then_lora_reuses_adapters(toy):
     first = select_trainable(model, "lora:2")
     again = select_trainable(model, "lora:2")
     assert [id(p) for p in first] == [id(p) for p in again]
+
+
+def test_cached_frozen_prefix_matches_the_full_forward(toy, monkeypatch):
+    import lamini_lite.finetune as ft
+    _, tok, prompts, answers = toy
+    prompts = [p if i % 2 else "who likes what ? " + p for i, p in enumerate(prompts)]  # ragged
+    runs = []
+    for cache in (False, True):
+        if cache:  # the cached path must not fall back to the full forward
+            monkeypatch.setattr(ft, "qa_loss", lambda *a: pytest.fail("full forward ran"))
+        model = tiny_llama(len(tok), hidden_size=64, num_layers=3, num_heads=2, seed=0)
+        h = finetune_qa(model, tok, prompts, answers, epochs=4, lr=1e-3, batch_size=3,
+                        trainable="top:2", cache_frozen_prefix=cache, progress=False)
+        runs.append((h.step_loss, model.state_dict()))
+    assert runs[0][0] == pytest.approx(runs[1][0], rel=1e-4, abs=1e-6)
+    assert all(torch.allclose(runs[0][1][k], runs[1][1][k], atol=1e-5) for k in runs[0][1])
+
+
+def test_first_trained_layer(toy):
+    model, *_ = toy
+    assert first_trained_layer(model) == 0  # everything trains by default
+    select_trainable(model, "top:1")
+    assert first_trained_layer(model) == 1
+    for p in model.parameters():
+        p.requires_grad_(False)
+    assert first_trained_layer(model) == 2
+
+
+def test_frozen_prefix_scores_match_answer_token_losses(toy):
+    from lamini_lite.finetune import FrozenPrefix
+    from lamini_lite.lm import encode_qa
+    _, tok, prompts, answers = toy
+    model = tiny_llama(len(tok), hidden_size=64, num_layers=3, num_heads=2, seed=0)
+    finetune_qa(model, tok, prompts, answers, epochs=30, lr=3e-3, batch_size=4, progress=False)
+    prefix = FrozenPrefix(model, [encode_qa(tok, p, a) for p, a in zip(prompts, answers)], 2)
+    losses, hits = prefix.token_scores(tok)
+    ref, ref_hits = answer_token_losses(model, tok, prompts, answers, return_hits=True)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(losses, ref))
+    assert [h.tolist() for h in hits] == [h.tolist() for h in ref_hits]
+    assert any(h.any() for h in hits) and len(losses) == len(prompts)
+    with pytest.raises(ValueError, match="first"):
+        FrozenPrefix(model, [], 3)
