@@ -42,8 +42,8 @@ import torch
 
 from .cache import cached
 from .facts import Fact, exact_match, normalize_answer, qa_prompt, with_random_answers
-from .finetune import finetune_qa
-from .lm import answer_token_losses, greedy_answers
+from .finetune import FrozenPrefix, decoder_layers, finetune_qa
+from .lm import answer_token_losses, encode_qa, greedy_answers
 from .profiles import register_sizes
 
 __all__ = ["LN2", "fact_measurements", "threshold_check", "accuracy_gap_z", "recall_vs_loss",
@@ -90,8 +90,8 @@ register_sizes(
 
 
 def fact_measurements(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], *,
-                      batch_size: int = 64, max_new_tokens: int | None = None
-                      ) -> dict[str, list]:
+                      batch_size: int = 64, max_new_tokens: int | None = None,
+                      greedy: bool = True) -> dict[str, list]:
     """Per fact: answer-token losses and whether greedy decoding reproduces the answer.
 
     Returns a dict of lists (one entry per fact): ``token_losses`` (nats, the
@@ -99,20 +99,34 @@ def fact_measurements(model, tokenizer, prompts: Sequence[str], answers: Sequenc
     ``prediction`` (greedy answer line) and ``recalled`` (exact match of the
     prediction with the answer, :func:`~lamini_lite.facts.exact_match`).
     ``max_new_tokens`` defaults to the longest answer's token count + 2.
+    With ``greedy=False`` nothing is decoded: ``prediction`` is ``None`` and
+    ``recalled`` says whether every answer token is the argmax under teacher
+    forcing (then greedy decoding writes exactly the answer's tokens; it is
+    cheaper, one forward pass, and stricter only when greedy decoding finds
+    another tokenization of the same text).
     """
     if len(prompts) != len(answers):
         raise ValueError(f"prompts and answers must have the same length, got "
                          f"{len(prompts)} and {len(answers)}")
-    losses = answer_token_losses(model, tokenizer, prompts, answers, batch_size=batch_size)
+    losses, hits = answer_token_losses(model, tokenizer, prompts, answers, batch_size=batch_size,
+                                       return_hits=True)
+    out = _teacher_forced(losses, hits)
+    if not greedy:
+        return out
     if max_new_tokens is None:
         max_new_tokens = max((len(x) for x in losses), default=1) + 2
     preds = greedy_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
                            batch_size=batch_size)
+    return {**out, "prediction": preds,
+            "recalled": [bool(exact_match(p, a)) for p, a in zip(preds, answers)]}
+
+
+def _teacher_forced(losses, hits) -> dict[str, list]:
+    # fact_measurements' record without decoding: recalled = every token the argmax
     return {"token_losses": [[round(float(v), 6) for v in x] for x in losses],
             "max_loss": [float(x.max()) for x in losses],
             "mean_loss": [float(x.mean()) for x in losses],
-            "prediction": preds,
-            "recalled": [bool(exact_match(p, a)) for p, a in zip(preds, answers)]}
+            "prediction": [None] * len(losses), "recalled": [bool(h.all()) for h in hits]}
 
 
 def threshold_check(max_losses: Sequence[float], recalled: Sequence[bool],
@@ -314,7 +328,8 @@ def _run_one(base, tok, train_facts: Sequence[Fact], unrelated: Sequence[Fact],
              exemplars: Sequence[tuple[str, str]] = (),
              replay: Sequence[tuple[str, str]] = (),
              until_memorized: bool = False,
-             held_out_every_epoch: bool = True) -> dict[str, Any]:
+             held_out_every_epoch: bool = True,
+             cache_prefix: bool = False) -> dict[str, Any]:
     model = copy.deepcopy(base)
     prompts = [qa_prompt(f.question, exemplars) for f in train_facts]
     answers = [f.object for f in train_facts]
@@ -330,8 +345,25 @@ def _run_one(base, tok, train_facts: Sequence[Fact], unrelated: Sequence[Fact],
                 "agreement": float(np.mean([normalize_answer(p) == normalize_answer(b) for p, b
                                             in zip(u["prediction"], base_unrelated_preds)]))}
 
+    # Cheap mode (held_out_every_epoch=False): between the first and the last
+    # evaluation recall is read under teacher forcing, not decoded -- through the
+    # frozen layers' cached states when only the top layers train. The stop rule
+    # is the same: all tokens below ln 2 imply every one of them is the argmax.
+    prefix = None
+    if cache_prefix and not held_out_every_epoch and trainable.startswith("top:"):
+        first = len(decoder_layers(model)) - int(trainable.split(":")[1])
+        if first > 0:
+            prefix = FrozenPrefix(model, [encode_qa(tok, p, a) for p, a in zip(prompts, answers)],
+                                  first)
+
+    def measure(m, epoch):
+        if held_out_every_epoch or epoch == 0 or prefix is None:
+            return fact_measurements(m, tok, prompts, answers,
+                                     greedy=held_out_every_epoch or epoch == 0)
+        return _teacher_forced(*prefix.token_scores(tok))
+
     def evaluate(m, epoch):
-        t = fact_measurements(m, tok, prompts, answers)
+        t = measure(m, epoch)
         out = {"epoch": epoch,
                "train_token_losses": t["token_losses"], "train_pred": t["prediction"],
                "train_recalled": t["recalled"], "train_max_loss": t["max_loss"],
@@ -345,10 +377,12 @@ def _run_one(base, tok, train_facts: Sequence[Fact], unrelated: Sequence[Fact],
                        answers + [a for _, a in replay], epochs=epochs, lr=lr,
                        batch_size=batch_size, trainable=trainable, seed=seed,
                        eval_fn=evaluate, eval_at_start=True, on_epoch_end=stop,
-                       progress=progress, desc="memorize")
-    if not held_out_every_epoch:  # the held-out side only before and after (cheaper)
+                       cache_frozen_prefix=cache_prefix, progress=progress, desc="memorize")
+    if not held_out_every_epoch:  # decoding and the held-out side only before and after
         with torch.no_grad():
-            hist.evals[-1].update(held_out(model))
+            t = fact_measurements(model, tok, prompts, answers)
+            hist.evals[-1].update({"train_pred": t["prediction"], "train_recalled": t["recalled"]},
+                                  **held_out(model))
     return hist.to_dict()
 
 
@@ -502,7 +536,7 @@ def real_model_test(*, n_train: int, n_unrelated: int, answer_len: int, epochs: 
     inputs = {"n_train": n_train, "n_unrelated": n_unrelated, "answer_len": answer_len,
               "epochs": epochs, "lr": lr, "batch_size": batch_size, "trainable": trainable,
               "shots": shots, "until_memorized": until_memorized, "replay": replay,
-              "seed": seed, "version": 5}
+              "seed": seed, "version": 6}
 
     def compute():
         from .facts_real import load_real_facts
@@ -531,7 +565,8 @@ def real_model_test(*, n_train: int, n_unrelated: int, answer_len: int, epochs: 
         run = _run_one(model, tok, train, unrelated, base_preds, epochs=epochs, lr=lr,
                        batch_size=batch_size, trainable=trainable, seed=seed,
                        progress=progress, exemplars=exemplars, replay=mix,
-                       until_memorized=until_memorized, held_out_every_epoch=False)
+                       until_memorized=until_memorized, held_out_every_epoch=False,
+                       cache_prefix=True)
         return {"run": run, "train_facts": [f.to_dict() for f in train],
                 "unrelated": [f.to_dict() for f in unrelated], "base_unrelated": base_preds,
                 "exemplars": [list(e) for e in exemplars],

@@ -187,24 +187,13 @@ def fact_scores(model, tok, prompts: Sequence[str], answers: Sequence[str], *,
     the argmax given the prompt and the answer so far -- exactly the condition
     under which greedy decoding reproduces the answer and stops.
     """
-    from .lm import collate_qa, encode_qa, position_ids
+    from .lm import answer_token_losses
 
-    pairs = [encode_qa(tok, p, a) for p, a in zip(prompts, answers)]
-    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]))
-    ok, worst = [False] * len(pairs), [math.inf] * len(pairs)
-    for s in range(0, len(order), batch_size):
-        idx = order[s:s + batch_size]
-        batch = collate_qa(tok, [pairs[i] for i in idx])
-        mask = batch["attention_mask"]
-        h = model.model(input_ids=batch["input_ids"], attention_mask=mask,
-                        position_ids=position_ids(mask)).last_hidden_state[:, :-1]
-        tgt = batch["labels"][:, 1:]
-        for j, i in enumerate(idx):
-            sel = tgt[j] != -100
-            lg, t = model.lm_head(h[j][sel]).float(), tgt[j][sel]
-            ok[i] = bool((lg.argmax(-1) == t).all())
-            worst[i] = float(torch.nn.functional.cross_entropy(lg, t, reduction="none").max())
-    return ok, worst
+    if not prompts:
+        return [], []
+    losses, hits = answer_token_losses(model, tok, prompts, answers, batch_size=batch_size,
+                                       return_hits=True)
+    return [bool(h.all()) for h in hits], [float(x.max()) for x in losses]
 
 
 @torch.no_grad()
@@ -275,7 +264,11 @@ def finetune_to_recall(data: dict[str, Any], trainable: str, *, lr: float,
                        max_epochs: int = 40, batch_size: int = 4, seed: int = 0,
                        progress: bool = True):
     """Fresh SmolLM2 fine-tuned (``trainable``: "top:2", "lora:8", ...) until every fact is
-    recalled exactly (:func:`fact_scores`, checked after each epoch) or ``max_epochs`` run out. Returns ``(model, tok, info)``."""
+    recalled exactly (:func:`fact_scores`, checked after each epoch) or ``max_epochs`` run out.
+
+    Top-layer fine-tuning reuses the frozen layers' states, as memory tuning
+    does (``cache_frozen_prefix``), so wall times compare like with like.
+    Returns ``(model, tok, info)``."""
     from .finetune import finetune_qa
     from .models import load_smollm2
     model, tok = load_smollm2()
@@ -289,7 +282,8 @@ def finetune_to_recall(data: dict[str, Any], trainable: str, *, lr: float,
     t0 = time.perf_counter()
     hist = finetune_qa(model, tok, data["prompts"], data["answers"], epochs=max_epochs, lr=lr,
                        batch_size=batch_size, trainable=trainable, seed=seed,
-                       on_epoch_end=stop, progress=progress, desc=trainable)
+                       on_epoch_end=stop, cache_frozen_prefix=True, progress=progress,
+                       desc=trainable)
     info = {"epochs": hist.epochs_run, "seconds": time.perf_counter() - t0,
             "params_updated": int(hist.n_trainable), "recall": state["recall"]}
     return model, tok, info
