@@ -56,7 +56,7 @@ from .seeding import torch_generator
 
 __all__ = ["FinetuneHistory", "finetune_qa", "select_trainable", "decoder_layers",
            "merge_lora", "unload_lora", "has_lora", "qa_loss", "first_trained_layer",
-           "FrozenPrefix"]
+           "FrozenPrefix", "frozen_prefix_for"]
 
 TrainableSpec = Union[str, Callable[[torch.nn.Module], Iterable[torch.nn.Parameter]]]
 
@@ -314,6 +314,22 @@ class FrozenPrefix:
         loss = F.cross_entropy(logits, tgt, reduction="none")
         hit = logits.argmax(-1) == tgt
         return list(loss.split(counts.tolist())), list(hit.split(counts.tolist()))
+
+
+def frozen_prefix_for(model: torch.nn.Module, tokenizer, prompts: Sequence[str],
+                      answers: Sequence[str], trainable: TrainableSpec) -> "FrozenPrefix | None":
+    """A :class:`FrozenPrefix` of (prompt, answer) pairs for ``trainable="top:N"``, else None.
+
+    For scoring the pairs cheaply while only the top N layers train (their
+    states below never change); None when every layer may learn.
+    """
+    if not isinstance(trainable, str) or _parse_spec(trainable)[0] != "top":
+        return None
+    first = len(decoder_layers(model)) - _parse_spec(trainable)[1]
+    if first <= 0:
+        return None
+    return FrozenPrefix(model, [encode_qa(tokenizer, p, a) for p, a in zip(prompts, answers)],
+                        first)
 
 
 def _make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float,

@@ -42,8 +42,8 @@ import torch
 
 from .cache import cached
 from .facts import Fact, exact_match, normalize_answer, qa_prompt, with_random_answers
-from .finetune import FrozenPrefix, decoder_layers, finetune_qa
-from .lm import answer_token_losses, encode_qa, greedy_answers
+from .finetune import finetune_qa, frozen_prefix_for
+from .lm import answer_token_losses, greedy_answers
 from .profiles import register_sizes
 
 __all__ = ["LN2", "fact_measurements", "threshold_check", "accuracy_gap_z", "recall_vs_loss",
@@ -349,12 +349,8 @@ def _run_one(base, tok, train_facts: Sequence[Fact], unrelated: Sequence[Fact],
     # evaluation recall is read under teacher forcing, not decoded -- through the
     # frozen layers' cached states when only the top layers train. The stop rule
     # is the same: all tokens below ln 2 imply every one of them is the argmax.
-    prefix = None
-    if cache_prefix and not held_out_every_epoch and trainable.startswith("top:"):
-        first = len(decoder_layers(model)) - int(trainable.split(":")[1])
-        if first > 0:
-            prefix = FrozenPrefix(model, [encode_qa(tok, p, a) for p, a in zip(prompts, answers)],
-                                  first)
+    prefix = (frozen_prefix_for(model, tok, prompts, answers, trainable)
+              if cache_prefix and not held_out_every_epoch else None)
 
     def measure(m, epoch):
         if held_out_every_epoch or epoch == 0 or prefix is None:

@@ -224,3 +224,12 @@ def test_frozen_prefix_scores_match_answer_token_losses(toy):
     assert any(h.any() for h in hits) and len(losses) == len(prompts)
     with pytest.raises(ValueError, match="first"):
         FrozenPrefix(model, [], 3)
+
+
+def test_frozen_prefix_for_only_top_layers(toy):
+    from lamini_lite.finetune import frozen_prefix_for
+    model, tok, prompts, answers = toy  # 2 decoder layers
+    assert frozen_prefix_for(model, tok, prompts, answers, "all") is None
+    assert frozen_prefix_for(model, tok, prompts, answers, "top:2") is None  # nothing frozen
+    prefix = frozen_prefix_for(model, tok, prompts, answers, "top:1")
+    assert prefix.first == 1 and len(prefix.states) == len(prompts)
