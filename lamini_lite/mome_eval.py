@@ -264,22 +264,30 @@ def finetune_to_recall(data: dict[str, Any], trainable: str, *, lr: float,
                        max_epochs: int = 40, batch_size: int = 4, seed: int = 0,
                        progress: bool = True):
     """Fresh SmolLM2 fine-tuned (``trainable``: "top:2", "lora:8", ...) until every fact is
-    recalled exactly (:func:`fact_scores`, checked after each epoch) or ``max_epochs`` run out.
+    memorized or ``max_epochs`` run out.
 
-    Top-layer fine-tuning reuses the frozen layers' states, as memory tuning
-    does (``cache_frozen_prefix``), so wall times compare like with like.
+    Memorized means what memory tuning (:func:`lamini_lite.mome_train.memorize`)
+    stops on: every fact recalled exactly under teacher forcing and every
+    answer token's loss below ln 2, checked after each epoch. Top-layer
+    fine-tuning reuses the frozen layers' states, as memory tuning does
+    (``cache_frozen_prefix``), so wall times compare like with like.
     Returns ``(model, tok, info)``."""
-    from .finetune import finetune_qa
+    from .finetune import finetune_qa, frozen_prefix_for
     from .models import load_smollm2
     model, tok = load_smollm2()
     state = {"recall": 0.0}
+    t0 = time.perf_counter()
+    prefix = frozen_prefix_for(model, tok, data["prompts"], data["answers"], trainable)
 
     def stop(epoch, history):
-        state["recall"] = float(np.mean(fact_scores(model, tok, data["prompts"],
-                                                    data["answers"])[0]))
-        return state["recall"] == 1.0
+        if prefix is not None:
+            losses, hits = prefix.token_scores(tok)
+            ok, worst = [bool(h.all()) for h in hits], [float(x.max()) for x in losses]
+        else:
+            ok, worst = fact_scores(model, tok, data["prompts"], data["answers"])
+        state["recall"] = float(np.mean(ok))
+        return state["recall"] == 1.0 and max(worst) < math.log(2)
 
-    t0 = time.perf_counter()
     hist = finetune_qa(model, tok, data["prompts"], data["answers"], epochs=max_epochs, lr=lr,
                        batch_size=batch_size, trainable=trainable, seed=seed,
                        on_epoch_end=stop, cache_frozen_prefix=True, progress=progress,
@@ -315,14 +323,19 @@ def _mome_cost(res) -> dict[str, Any]:
 
 
 def base_snapshot(data: dict[str, Any]) -> dict[str, Any]:
-    """The plain SmolLM2's :func:`snapshot` on the probes (cached; facts skipped)."""
+    """The plain SmolLM2's :func:`snapshot` on the probes (cached; facts skipped).
+
+    Keyed on the probes only, so subsets of the same facts share it."""
     def compute():
         from .models import load_smollm2
         model, tok = load_smollm2()
         return snapshot(model, tok, data, facts=False)
 
-    return cached("mome_base_snapshot", {**_data_key(data), "new_tokens": NEW_TOKENS,
-                                         "version": 1}, compute)
+    from .cache import fingerprint
+    probes = {k: v for k, v in data.items() if k not in ("prompts", "answers", "kind",
+                                                           "slick_counts")}
+    return cached("mome_base_snapshot", {"probes": fingerprint(probes), "new_tokens": NEW_TOKENS,
+                                         "version": 2}, compute)
 
 
 def set_gate(model, gate: str, threshold: float | None = None) -> None:
@@ -423,21 +436,17 @@ def forgetting_study(data: dict[str, Any], config, *, max_epochs: int = 40,
     """
     inputs = {**_data_key(data), "config": config.to_json(), "max_epochs": max_epochs,
               "baselines": [list(b) for b in baselines], "seed": seed,
-              "new_tokens": NEW_TOKENS, "batch_size": 4, "version": 2}
+              "new_tokens": NEW_TOKENS, "batch_size": 4, "version": 3}
 
     def compute():
         base = base_snapshot(data)
-        methods = {}
-        model, tok, res = memorize_mome(data, config, max_epochs=max_epochs, seed=seed,
-                                        progress=progress)
-        snap = snapshot(model, tok, data)
-        methods["MoME"] = {"snapshot": snap, "summary": compare(base, snap),
-                           "cost": _mome_cost(res)}
-        set_gate(model, "none")
-        snap = snapshot(model, tok, data)
-        methods["MoME, no gate"] = {"snapshot": snap, "summary": compare(base, snap),
-                                    "cost": _mome_cost(res)}
-        del model
+        # the memory side is memorize_study's run (a cache hit for the same facts)
+        mem = memorize_study(data, config, max_epochs=max_epochs, seed=seed, progress=progress)
+        methods = {"MoME": {"snapshot": mem["snapshot"],
+                            "summary": compare(base, mem["snapshot"]), "cost": mem["cost"]},
+                   "MoME, no gate": {"snapshot": mem["snapshot_nogate"],
+                                     "summary": compare(base, mem["snapshot_nogate"]),
+                                     "cost": mem["cost"]}}
         for trainable, lr in baselines:
             model, tok, info = finetune_to_recall(data, trainable, lr=lr, max_epochs=max_epochs,
                                                   seed=seed, progress=progress)
@@ -463,54 +472,55 @@ def row_overlap(data: dict[str, Any], *, n_keys: int, norms: Sequence[str] = ("n
     text + unrelated questions) that lands on fact rows -- what memory tuning
     would disturb outside the facts.
     """
+    from .mome import MoMEConfig
     inputs = {**_data_key(data), "n_keys": n_keys, "norms": list(norms), "seed": seed,
-              "version": 1}
+              "config": MoMEConfig.preset("book").to_json(), "version": 2}
 
     def compute():
         from .lm import collate_qa, encode_qa
         from .models import load_smollm2
-        from .mome import MoMEConfig, add_memory_experts, get_memory, layer_output, \
-            remove_memory_experts
+        from .mome import add_memory_experts, layer_output, remove_memory_experts
 
         model, tok = load_smollm2()
+        idx = add_memory_experts(model, MoMEConfig.preset("book", n_keys=n_keys),
+                                 tokenizer=tok).layer_ids[0]
+        remove_memory_experts(model)
+        # The backbone's states at the memory layer do not depend on the selector:
+        # computed once, then every normalization selects rows from them.
+        fact_states, text_states = [], []
+        for s in range(0, len(data["prompts"]), 32):
+            pairs = [encode_qa(tok, p, a) for p, a in zip(data["prompts"][s:s + 32],
+                                                          data["answers"][s:s + 32])]
+            batch = collate_qa(tok, pairs)
+            h = layer_output(model, idx, batch)
+            lab = batch["labels"]
+            nxt = torch.cat([lab[:, 1:], torch.full_like(lab[:, :1], -100)], dim=1)
+            fact_states += [h[j][nxt[j] != -100] for j in range(h.shape[0])]
+        for t in list(data["texts"]) + list(data["unrelated_prompts"]):
+            enc = tok(t, return_tensors="pt", add_special_tokens=False)
+            text_states.append(layer_output(model, idx, {
+                "input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})[0])
         out = []
         for norm in norms:
             cfg = MoMEConfig.preset("book", n_keys=n_keys, query_norm=norm, gate="none",
                                     seed=seed)
-            add_memory_experts(model, cfg, tokenizer=tok)
-            mome = get_memory(model)
-            idx = mome.layer_ids[0]
-            mem = mome.layers[idx]
-            per_fact = []
-            for s in range(0, len(data["prompts"]), 32):
-                pairs = [encode_qa(tok, p, a) for p, a in zip(data["prompts"][s:s + 32],
-                                                              data["answers"][s:s + 32])]
-                batch = collate_qa(tok, pairs)
-                h = layer_output(model, idx, batch)
-                lab = batch["labels"]
-                nxt = torch.cat([lab[:, 1:], torch.full_like(lab[:, :1], -100)], dim=1)
-                for j in range(h.shape[0]):
-                    rows, _, _ = mem.select(h[j][nxt[j] != -100])
-                    per_fact.append(set(rows.reshape(-1).tolist()))
+            mem = add_memory_experts(model, cfg, tokenizer=tok).layers[idx]
+            per_fact = [set(mem.select(h)[0].reshape(-1).tolist()) for h in fact_states]
             counts: dict[int, int] = {}
-            for s in per_fact:
-                for r in s:
+            for rows in per_fact:
+                for r in rows:
                     counts[r] = counts.get(r, 0) + 1
-            shared = [np.mean([counts[r] > 1 for r in s]) for s in per_fact]
-            fact_rows = torch.tensor(sorted(counts))
+            shared = [np.mean([counts[r] > 1 for r in rows]) for rows in per_fact]
             mask = torch.zeros(cfg.n_experts, dtype=torch.bool)
-            mask[fact_rows] = True
+            mask[torch.tensor(sorted(counts))] = True
             w_on, w_all = 0.0, 0.0
-            for t in list(data["texts"]) + list(data["unrelated_prompts"]):
-                enc = tok(t, return_tensors="pt", add_special_tokens=False)
-                h = layer_output(model, idx, {"input_ids": enc["input_ids"],
-                                              "attention_mask": enc["attention_mask"]})[0]
+            for h in text_states:
                 rows, w, _ = mem.select(h)
                 w_on += float((w * mask[rows]).sum())
                 w_all += float(w.sum())
             out.append({"query_norm": norm, "experts": cfg.n_experts,
-                        "fact_rows": len(counts), "rows_per_fact": float(np.mean(
-                            [len(s) for s in per_fact])),
+                        "fact_rows": len(counts),
+                        "rows_per_fact": float(np.mean([len(r) for r in per_fact])),
                         "fact_fact_overlap": float(np.mean(shared)),
                         "text_weight_on_fact_rows": w_on / max(w_all, 1e-12)})
             remove_memory_experts(model)

@@ -76,7 +76,7 @@ def run_method(method: str, n_facts: int, n_keys: int, answer_chars: int, seed: 
 
 @torch.no_grad()
 def lookup_scaling(log2_sizes, *, tokens: int = 1024, hidden: int = 576, heads: int = 4,
-                   topk: int = 8, key_dim: int = 256, written_rows: int = 4096,
+                   topk: int = 4, key_dim: int = 256, written_rows: int = 4096,
                    repeats: int = 3, seed: int = 0) -> list[dict]:
     """Selection + lookup time per token and memory footprint for N = 2**s experts.
 
