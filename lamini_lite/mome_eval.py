@@ -262,7 +262,7 @@ def memorize_mome(data: dict[str, Any], config, *, max_epochs: int = 40, negativ
 
 def finetune_to_recall(data: dict[str, Any], trainable: str, *, lr: float,
                        max_epochs: int = 40, batch_size: int = 4, seed: int = 0,
-                       progress: bool = True):
+                       max_seconds: float | None = None, progress: bool = True):
     """Fresh SmolLM2 fine-tuned (``trainable``: "top:2", "lora:8", ...) until every fact is
     memorized or ``max_epochs`` run out.
 
@@ -286,7 +286,8 @@ def finetune_to_recall(data: dict[str, Any], trainable: str, *, lr: float,
         else:
             ok, worst = fact_scores(model, tok, data["prompts"], data["answers"])
         state["recall"] = float(np.mean(ok))
-        return state["recall"] == 1.0 and max(worst) < math.log(2)
+        out_of_time = max_seconds is not None and time.perf_counter() - t0 > max_seconds
+        return out_of_time or (state["recall"] == 1.0 and max(worst) < math.log(2))
 
     hist = finetune_qa(model, tok, data["prompts"], data["answers"], epochs=max_epochs, lr=lr,
                        batch_size=batch_size, trainable=trainable, seed=seed,

@@ -37,40 +37,39 @@ def run_method(method: str, n_facts: int, n_keys: int, answer_chars: int, seed: 
                budget_s: float) -> dict:
     """Memorize ``n_facts`` random facts with ``method`` ("mome" or a key of :data:`BASELINES`).
 
-    Fine-tuning stops at the first epoch after which every fact is recalled
-    (teacher-forced check, equivalent to greedy), or when ``budget_s`` is spent;
-    the final recall is measured by greedy decoding for every method.
+    Every method stops on the same rule, at the first epoch after which every
+    fact is recalled (teacher-forced) with every answer token below ln 2
+    (:func:`lamini_lite.mome_eval.finetune_to_recall` for fine-tuning), or when
+    ``budget_s`` is spent; the final recall is measured by greedy decoding.
     """
     from lamini_lite.models import load_smollm2
     from lamini_lite.mome import (MoMEConfig, add_memory_experts, fact_recall, memorize,
                                   random_code_facts)
-    from lamini_lite.mome_eval import fact_scores
+    from lamini_lite.mome_eval import finetune_to_recall
 
-    model, tok = load_smollm2()
     prompts, answers, _ = random_code_facts(n_facts, answer_chars=answer_chars, seed=seed)
-    t0 = time.perf_counter()
     if method == "mome":
+        model, tok = load_smollm2()
+        t0 = time.perf_counter()
         add_memory_experts(model, MoMEConfig.preset("scale", n_keys=n_keys), tokenizer=tok)
         res = memorize(model, tok, prompts, answers, max_epochs=100, max_seconds=budget_s,
-                       progress=False, seed=seed)
+                       progress=False, seed=seed)  # ends with a greedy check of every fact
         recall, updated, epochs = res.recall, res.params_updated, res.epochs
+        wall = time.perf_counter() - t0
     elif method in BASELINES:
-        from lamini_lite.finetune import finetune_qa
-
-        def stop(epoch, history):
-            ok, _ = fact_scores(model, tok, prompts, answers)
-            return all(ok) or time.perf_counter() - t0 > budget_s
-
         trainable, lr = BASELINES[method]
-        hist = finetune_qa(model, tok, prompts, answers, epochs=200, lr=lr, batch_size=4,
-                           trainable=trainable, seed=seed, on_epoch_end=stop, progress=False)
+        model, tok, info = finetune_to_recall({"prompts": prompts, "answers": answers},
+                                              trainable, lr=lr, max_epochs=200, seed=seed,
+                                              max_seconds=budget_s, progress=False)
+        t1 = time.perf_counter()  # the same final greedy check as memorize's
         recall = sum(fact_recall(model, tok, prompts, answers)) / len(prompts)
-        epochs, updated = hist.epochs_run, hist.n_trainable
+        epochs, updated = info["epochs"], info["params_updated"]
+        wall = info["seconds"] + time.perf_counter() - t1
     else:
         raise ValueError(f"unknown method {method!r}; expected mome or one of "
                          f"{sorted(BASELINES)}")
     return {"method": method, "facts": n_facts, "recall": recall, "epochs": epochs,
-            "params_updated": int(updated), "wall_s": round(time.perf_counter() - t0, 1),
+            "params_updated": int(updated), "wall_s": round(wall, 1),
             "peak_rss_mb": round(_peak_rss_mb())}
 
 
