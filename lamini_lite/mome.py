@@ -183,8 +183,8 @@ register_sizes(
     # n_keys: sqrt of the expert count; n_compare: facts of the MoME vs fine-tuning
     # comparison (every method trains on the same ones); baselines: (trainable, lr)
     # of the fine-tuning baselines; thresholds: match-gate thresholds swept.
-    ci=dict(n_facts=24, n_keys=256, answer_chars=32, n_unrelated=16, n_near=16,
-            n_known=10, max_epochs=40, n_compare=24, baselines=[["top:2", 1e-3]],
+    ci=dict(n_facts=16, n_keys=256, answer_chars=32, n_unrelated=16, n_near=16,
+            n_known=10, max_epochs=40, n_compare=16, baselines=[["top:2", 1e-3]],
             thresholds=[0.8, 0.9, 0.95, 0.98, 0.99, 0.995], scale_log2=[10, 12, 14, 16],
             lookup_tokens=256, bench_facts=20, seeds=[0]),
     book=dict(n_facts=200, n_keys=256, answer_chars=32, n_unrelated=50, n_near=50,
