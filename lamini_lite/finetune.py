@@ -353,7 +353,7 @@ def finetune_qa(model: torch.nn.Module, tokenizer, prompts: Sequence[str],
                 eval_fn: Callable[[torch.nn.Module, int], Any] | None = None,
                 eval_every: int = 1, eval_at_start: bool = False,
                 on_epoch_end: Callable[[int, FinetuneHistory], bool | None] | None = None,
-                cache_frozen_prefix: bool = False,
+                cache_frozen_prefix: "bool | FrozenPrefix" = False,
                 progress: bool = True, desc: str = "fine-tune") -> FinetuneHistory:
     """Fine-tune ``model`` in place on (prompt, answer) pairs; return its history.
 
@@ -378,7 +378,10 @@ def finetune_qa(model: torch.nn.Module, tokenizer, prompts: Sequence[str],
             eval_fn); returning ``True`` stops training (early stopping).
         cache_frozen_prefix: compute the frozen layers below the lowest trained
             decoder layer once per pair and reuse them (Llama-family models;
-            no effect when the lowest layer or the embeddings train).
+            no effect when the lowest layer or the embeddings train). A
+            :class:`FrozenPrefix` built on these same pairs (e.g. by
+            :func:`frozen_prefix_for`, to score them between epochs too) is
+            used as it is instead of being computed again.
         progress: show a tqdm bar over steps with the running loss.
 
     Returns:
@@ -413,7 +416,14 @@ def finetune_qa(model: torch.nn.Module, tokenizer, prompts: Sequence[str],
         opt, lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0)
     encoded = [encode_qa(tokenizer, p, a) for p, a in zip(prompts, answers)]
     prefix = None
-    if cache_frozen_prefix:
+    if isinstance(cache_frozen_prefix, FrozenPrefix):
+        prefix = cache_frozen_prefix
+        if prefix.model is not model or prefix.encoded != encoded:
+            raise ValueError("cache_frozen_prefix was built for another model or other pairs")
+        if first_trained_layer(model) < prefix.first:
+            raise ValueError(f"cache_frozen_prefix starts at layer {prefix.first}, but "
+                             f"layer {first_trained_layer(model)} trains")
+    elif cache_frozen_prefix:
         first = first_trained_layer(model)
         if 0 < first < len(decoder_layers(model)):
             prefix = FrozenPrefix(model, encoded, first)

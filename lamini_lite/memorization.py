@@ -349,14 +349,19 @@ def _run_one(base, tok, train_facts: Sequence[Fact], unrelated: Sequence[Fact],
     # evaluation recall is read under teacher forcing, not decoded -- through the
     # frozen layers' cached states when only the top layers train. The stop rule
     # is the same: all tokens below ln 2 imply every one of them is the argmax.
-    prefix = (frozen_prefix_for(model, tok, prompts, answers, trainable)
-              if cache_prefix and not held_out_every_epoch else None)
+    # One prefix over every training pair (facts first, then replay) serves both
+    # the training steps and the scoring of the facts.
+    all_prompts = prompts + [p for p, _ in replay]
+    all_answers = answers + [a for _, a in replay]
+    prefix = (frozen_prefix_for(model, tok, all_prompts, all_answers, trainable)
+              if cache_prefix else None)
+    facts = range(len(prompts))
 
     def measure(m, epoch):
         if held_out_every_epoch or epoch == 0 or prefix is None:
             return fact_measurements(m, tok, prompts, answers,
                                      greedy=held_out_every_epoch or epoch == 0)
-        return _teacher_forced(*prefix.token_scores(tok))
+        return _teacher_forced(*prefix.token_scores(tok, facts))
 
     def evaluate(m, epoch):
         t = measure(m, epoch)
@@ -369,11 +374,11 @@ def _run_one(base, tok, train_facts: Sequence[Fact], unrelated: Sequence[Fact],
         return out
 
     stop = (lambda epoch, h: memorized(h)) if until_memorized else None
-    hist = finetune_qa(model, tok, prompts + [p for p, _ in replay],
-                       answers + [a for _, a in replay], epochs=epochs, lr=lr,
+    hist = finetune_qa(model, tok, all_prompts, all_answers, epochs=epochs, lr=lr,
                        batch_size=batch_size, trainable=trainable, seed=seed,
                        eval_fn=evaluate, eval_at_start=True, on_epoch_end=stop,
-                       cache_frozen_prefix=cache_prefix, progress=progress, desc="memorize")
+                       cache_frozen_prefix=prefix or cache_prefix, progress=progress,
+                       desc="memorize")
     if not held_out_every_epoch:  # decoding and the held-out side only before and after
         with torch.no_grad():
             t = fact_measurements(model, tok, prompts, answers)

@@ -291,8 +291,8 @@ def finetune_to_recall(data: dict[str, Any], trainable: str, *, lr: float,
 
     hist = finetune_qa(model, tok, data["prompts"], data["answers"], epochs=max_epochs, lr=lr,
                        batch_size=batch_size, trainable=trainable, seed=seed,
-                       on_epoch_end=stop, cache_frozen_prefix=True, progress=progress,
-                       desc=trainable)
+                       on_epoch_end=stop, cache_frozen_prefix=prefix or True,
+                       progress=progress, desc=trainable)
     info = {"epochs": hist.epochs_run, "seconds": time.perf_counter() - t0,
             "params_updated": int(hist.n_trainable), "recall": state["recall"]}
     return model, tok, info
@@ -483,8 +483,8 @@ def row_overlap(data: dict[str, Any], *, n_keys: int, norms: Sequence[str] = ("n
         from .mome import add_memory_experts, layer_output, remove_memory_experts
 
         model, tok = load_smollm2()
-        idx = add_memory_experts(model, MoMEConfig.preset("book", n_keys=n_keys),
-                                 tokenizer=tok).layer_ids[0]
+        idx = add_memory_experts(model, MoMEConfig.preset("book", n_keys=n_keys)
+                                 ).layer_ids[0]  # only the layer index: no calibration
         remove_memory_experts(model)
         # The backbone's states at the memory layer do not depend on the selector:
         # computed once, then every normalization selects rows from them.

@@ -233,3 +233,25 @@ def test_frozen_prefix_for_only_top_layers(toy):
     assert frozen_prefix_for(model, tok, prompts, answers, "top:2") is None  # nothing frozen
     prefix = frozen_prefix_for(model, tok, prompts, answers, "top:1")
     assert prefix.first == 1 and len(prefix.states) == len(prompts)
+
+
+def test_finetune_reuses_a_given_frozen_prefix(toy):
+    from lamini_lite.finetune import frozen_prefix_for
+    _, tok, prompts, answers = toy
+    runs = []
+    for given in (False, True):
+        model = tiny_llama(len(tok), hidden_size=64, num_layers=3, num_heads=2, seed=0)
+        prefix = frozen_prefix_for(model, tok, prompts, answers, "top:1") if given else True
+        h = finetune_qa(model, tok, prompts, answers, epochs=3, lr=1e-3, batch_size=3,
+                        trainable="top:1", cache_frozen_prefix=prefix, progress=False)
+        runs.append(h.step_loss)
+    assert runs[0] == runs[1]
+    model = tiny_llama(len(tok), hidden_size=64, num_layers=3, num_heads=2, seed=0)
+    other = frozen_prefix_for(model, tok, prompts[:4], answers[:4], "top:1")
+    with pytest.raises(ValueError, match="other pairs"):
+        finetune_qa(model, tok, prompts, answers, epochs=1, lr=1e-3, trainable="top:1",
+                    cache_frozen_prefix=other, progress=False)
+    low = frozen_prefix_for(model, tok, prompts, answers, "top:1")
+    with pytest.raises(ValueError, match="trains"):
+        finetune_qa(model, tok, prompts, answers, epochs=1, lr=1e-3, trainable="top:2",
+                    cache_frozen_prefix=low, progress=False)
