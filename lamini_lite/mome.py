@@ -179,26 +179,22 @@ PRESETS: dict[str, MoMEConfig] = {
 
 register_sizes(
     "mome",
+    # The chapter's memory is the "book" preset (2^16 experts) in every profile.
     # n_facts: facts memorized (half SliCK-Unknown real facts, half random codes);
-    # n_keys: sqrt of the expert count; n_compare: facts of the MoME vs fine-tuning
+    # slick_profile: whose chapter-2 SliCK labels pick the real facts; n_unrelated,
+    # n_near, n_known: probe sets; n_compare: facts of the MoME vs fine-tuning
     # comparison (every method trains on the same ones); baselines: (trainable, lr)
-    # of the fine-tuning baselines; thresholds: match-gate thresholds swept.
-    ci=dict(n_facts=16, n_keys=256, answer_chars=32, n_unrelated=16, n_near=16,
-            n_known=10, max_epochs=40, n_compare=16, baselines=[["top:2", 1e-3]],
-            thresholds=[0.8, 0.9, 0.95, 0.98, 0.99, 0.995], scale_log2=[10, 12, 14, 16],
-            lookup_tokens=256, bench_facts=20, seeds=[0]),
-    book=dict(n_facts=200, n_keys=256, answer_chars=32, n_unrelated=50, n_near=50,
-              n_known=40, max_epochs=40, n_compare=30,
-              baselines=[["top:2", 1e-3]],
-              thresholds=[0.8, 0.9, 0.95, 0.98, 0.99, 0.995],
-              scale_log2=[10, 12, 14, 16, 18, 20], lookup_tokens=1024, bench_facts=20,
-              seeds=[0]),
-    full=dict(n_facts=1000, n_keys=1024, answer_chars=32, n_unrelated=60, n_near=200,
-              n_known=100, max_epochs=60, n_compare=200,
-              baselines=[["top:2", 1e-3], ["lora:8", 3e-3], ["all", 3e-5]],
-              thresholds=[0.8, 0.9, 0.95, 0.98, 0.99, 0.995],
-              scale_log2=[10, 12, 14, 16, 18, 20], lookup_tokens=4096, bench_facts=200,
-              seeds=[0, 1, 2]),
+    # of the fine-tuning baselines; scale_log2 and lookup_tokens: the lookup sweep.
+    ci=dict(n_facts=16, slick_profile="ci", answer_chars=32, n_unrelated=16,
+            n_near=16, n_known=10, max_epochs=40, n_compare=16, baselines=[["top:2", 1e-3]],
+            scale_log2=[10, 12, 14, 16], lookup_tokens=256),
+    book=dict(n_facts=200, slick_profile="book", answer_chars=32, n_unrelated=50,
+              n_near=50, n_known=40, max_epochs=40, n_compare=30, baselines=[["top:2", 1e-3]],
+              scale_log2=[10, 12, 14, 16, 18, 20], lookup_tokens=1024),
+    full=dict(n_facts=1000, slick_profile="full", answer_chars=32, n_unrelated=60,
+              n_near=200, n_known=100, max_epochs=60, n_compare=30,
+              baselines=[["top:2", 1e-3], ["all", 3e-5]],
+              scale_log2=[10, 12, 14, 16, 18, 20], lookup_tokens=4096),
 )
 
 

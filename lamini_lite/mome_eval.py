@@ -35,8 +35,8 @@ from .lm import greedy_answers
 
 __all__ = ["EXEMPLARS", "UNRELATED_QUESTIONS", "HELD_OUT_TEXT", "NEW_TOKENS", "chapter_data",
            "fact_scores", "snapshot", "base_snapshot", "compare", "subset", "memorize_mome",
-           "finetune_to_recall", "memorize_study", "forgetting_study", "match_profile",
-           "set_gate", "row_overlap", "unchanged_share"]
+           "finetune_to_recall", "weights_changed", "baseline_study", "memorize_study",
+           "forgetting_study", "match_profile", "set_gate", "row_overlap", "unchanged_share"]
 
 # Two true exemplars in front of every fact question (an instruct model asked
 # zero-shot often answers in sentences); their subjects are never memorized.
@@ -112,7 +112,8 @@ def _prompt(question: str) -> str:
 
 
 def chapter_data(n_facts: int, *, answer_chars: int = 32, n_unrelated: int = 50,
-                 n_near: int = 50, n_known: int = 40, seed: int = 0) -> dict[str, Any]:
+                 n_near: int = 50, n_known: int = 40, seed: int = 0,
+                 slick_profile: str | None = None) -> dict[str, Any]:
     """Facts to memorize and probe sets, from chapter 2's SliCK labels of SmolLM2.
 
     Half of the ``n_facts`` (at most as many as there are) are real facts SliCK
@@ -121,7 +122,8 @@ def chapter_data(n_facts: int, *, answer_chars: int = 32, n_unrelated: int = 50,
     questions (zero-shot), ``n_near`` near questions (the memorized format, other
     subjects: half real MaybeKnown/WeaklyKnown facts, half other made-up
     subjects), ``n_known`` HighlyKnown facts, and :data:`HELD_OUT_TEXT`.
-    The SliCK call is chapter 2's, so it is a cache hit for the same profile.
+    The SliCK call is chapter 2's in ``slick_profile`` (default: the active
+    profile), so it is a cache hit once chapter 2 ran in that profile.
     Returns a JSON-able dict of prompt/answer lists.
     """
     from .facts_real import load_real_facts
@@ -135,7 +137,7 @@ def chapter_data(n_facts: int, *, answer_chars: int = 32, n_unrelated: int = 50,
                          f"n_unrelated={n_unrelated}, n_near={n_near}, n_known={n_known}")
     if n_unrelated > len(UNRELATED_QUESTIONS):
         raise ValueError(f"n_unrelated must be <= {len(UNRELATED_QUESTIONS)}, got {n_unrelated}")
-    S = sizes("slick")
+    S = sizes("slick", slick_profile)
     facts = load_real_facts(_PLACE_RELATIONS, per_relation=S.per_relation, seed=0)
     model, tok = load_smollm2()
     res = categorize(model, tok, facts, SliCKProtocol(exemplar_sets=S.exemplar_sets), seed=0)
@@ -425,6 +427,60 @@ def memorize_study(data: dict[str, Any], config, *, max_epochs: int = 40, seed: 
     return cached("mome_memorize", inputs, compute)
 
 
+@torch.no_grad()
+def weights_changed(model, reference=None) -> int:
+    """How many weights of ``model`` differ from ``reference`` (default: a fresh SmolLM2).
+
+    LoRA adapters are merged first (in place), so LoRA counts as what it does to
+    the model: a dense rank-r change of every matrix it adapts, not the size of
+    its adapters. Memory experts add their written values
+    (:meth:`lamini_lite.mome.MoME.params_updated`) to the backbone's changes.
+    Parameters are matched by name; tied weights count once.
+    """
+    from .finetune import has_lora, merge_lora
+    from .mome import get_memory
+
+    if reference is None:
+        from .models import load_smollm2
+        reference = load_smollm2()[0]
+    if has_lora(model):
+        merge_lora(model)
+    mine = dict(model.named_parameters())
+    changed = 0
+    for name, ref in reference.named_parameters():
+        if name not in mine or mine[name].shape != ref.shape:
+            raise ValueError(f"model and reference differ in parameter {name!r}: pass the "
+                             "backbone the model was trained from as reference")
+        changed += int((mine[name] != ref).sum())
+    try:
+        changed += get_memory(model).params_updated()
+    except ValueError:
+        pass  # no memory experts attached
+    return changed
+
+
+def baseline_study(data: dict[str, Any], trainable: str, *, lr: float, max_epochs: int = 40,
+                   seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    """One fine-tuning baseline of :func:`forgetting_study`, on its own (cached).
+
+    :func:`finetune_to_recall`, then :func:`snapshot` of the tuned model and
+    :func:`weights_changed`. Returns ``{"snapshot", "cost"}``; cost holds epochs,
+    wall seconds, recall, ``params_updated`` (trainable parameters) and
+    ``weights_changed``.
+    """
+    inputs = {**_data_key(data), "trainable": trainable, "lr": lr, "max_epochs": max_epochs,
+              "seed": seed, "new_tokens": NEW_TOKENS, "batch_size": 4, "version": 1}
+
+    def compute():
+        model, tok, info = finetune_to_recall(data, trainable, lr=lr, max_epochs=max_epochs,
+                                              seed=seed, progress=progress)
+        snap = snapshot(model, tok, data)
+        info["weights_changed"] = weights_changed(model)
+        return {"snapshot": snap, "cost": info}
+
+    return cached("mome_baseline", inputs, compute)
+
+
 def forgetting_study(data: dict[str, Any], config, *, max_epochs: int = 40,
                      baselines: Sequence[Sequence] = (("top:2", 3e-4),),
                      seed: int = 0, progress: bool = True) -> dict[str, Any]:
@@ -433,28 +489,31 @@ def forgetting_study(data: dict[str, Any], config, *, max_epochs: int = 40,
     ``baselines`` are ``(trainable, lr)`` pairs for :func:`finetune_to_recall`.
     Returns ``{"base": snapshot, "methods": {name: {"snapshot", "summary", "cost"}}}``
     where cost holds epochs, wall seconds and parameters updated. "MoME, no gate"
-    is the same memory read with the gate off.
+    is the same memory read with the gate off. Each baseline is its own
+    :func:`baseline_study` (cached on its own, so baselines can be added or
+    computed in parallel processes).
     """
     inputs = {**_data_key(data), "config": config.to_json(), "max_epochs": max_epochs,
               "baselines": [list(b) for b in baselines], "seed": seed,
-              "new_tokens": NEW_TOKENS, "batch_size": 4, "version": 3}
+              "new_tokens": NEW_TOKENS, "batch_size": 4, "version": 4}
 
     def compute():
         base = base_snapshot(data)
         # the memory side is memorize_study's run (a cache hit for the same facts)
         mem = memorize_study(data, config, max_epochs=max_epochs, seed=seed, progress=progress)
+        # the backbone is frozen, so what changed is exactly the written values
+        cost = {**mem["cost"], "weights_changed": mem["cost"]["params_updated"]}
         methods = {"MoME": {"snapshot": mem["snapshot"],
-                            "summary": compare(base, mem["snapshot"]), "cost": mem["cost"]},
+                            "summary": compare(base, mem["snapshot"]), "cost": cost},
                    "MoME, no gate": {"snapshot": mem["snapshot_nogate"],
                                      "summary": compare(base, mem["snapshot_nogate"]),
-                                     "cost": mem["cost"]}}
+                                     "cost": cost}}
         for trainable, lr in baselines:
-            model, tok, info = finetune_to_recall(data, trainable, lr=lr, max_epochs=max_epochs,
-                                                  seed=seed, progress=progress)
-            snap = snapshot(model, tok, data)
-            methods[f"fine-tune {trainable}"] = {"snapshot": snap, "summary": compare(base, snap),
-                                                 "cost": info}
-            del model
+            run = baseline_study(data, trainable, lr=lr, max_epochs=max_epochs, seed=seed,
+                                 progress=progress)
+            methods[f"fine-tune {trainable}"] = {
+                "snapshot": run["snapshot"], "summary": compare(base, run["snapshot"]),
+                "cost": run["cost"]}
         return {"base": dict(base), "methods": methods}
 
     return cached("mome_forgetting", inputs, compute)

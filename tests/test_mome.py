@@ -304,3 +304,37 @@ def test_lookup_scaling_table_and_bad_sizes():
     assert all(r["us_per_token"] > 0 and r["store_mb"] < r["dense_values_mb"] for r in rows)
     with pytest.raises(ValueError, match="even"):
         lookup_scaling([5], tokens=4, hidden=8, key_dim=8)
+
+
+def test_weights_changed_counts_what_each_method_changes(char_tok):
+    import copy
+
+    from lamini_lite import mome_eval as E
+    from lamini_lite.finetune import decoder_layers, finetune_qa
+
+    prompts, answers = _facts(3)
+    ref = _model(char_tok)
+    assert E.weights_changed(copy.deepcopy(ref), ref) == 0
+    # top:1 -- every weight of the top layer moves, nothing else
+    top = copy.deepcopy(ref)
+    finetune_qa(top, char_tok, prompts, answers, epochs=1, lr=1e-2, trainable="top:1",
+                progress=False)
+    n_top = sum(p.numel() for p in decoder_layers(top)[-1].parameters())
+    assert E.weights_changed(top, ref) == n_top
+    # LoRA counts as its merged, dense change of every adapted matrix
+    lora = copy.deepcopy(ref)
+    hist = finetune_qa(lora, char_tok, prompts, answers, epochs=2, lr=1e-2,
+                       trainable="lora:2", progress=False)
+    adapted = sum(m.weight.numel() for name, m in ref.named_modules()
+                  if name.split(".")[-1] in ("q_proj", "k_proj", "v_proj", "o_proj",
+                                             "gate_proj", "up_proj", "down_proj"))
+    changed = E.weights_changed(lora, ref)
+    assert hist.n_trainable < changed <= adapted and changed > 0.99 * adapted
+    # memory experts: the frozen backbone is unchanged, the written values count
+    mem = copy.deepcopy(ref)
+    M.add_memory_experts(mem, M.MoMEConfig.preset("test", gate="none"), tokenizer=char_tok)
+    M.memorize(mem, char_tok, prompts, answers, max_epochs=3, loss_threshold=None, lr=0.5,
+               progress=False)
+    assert E.weights_changed(mem, ref) == M.get_memory(mem).params_updated() > 0
+    with pytest.raises(ValueError, match="reference"):
+        E.weights_changed(_model(char_tok, hidden=32), ref)
