@@ -15,13 +15,14 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PYTHONHASHSEED := 0
 
-.PHONY: help install book test unit notebooks-ci site-from-outputs execute-notebooks clean
+.PHONY: help install book test unit notebooks-ci site-from-outputs execute-notebooks full clean
 
 help:
 	@echo "make book   - set up .venv, execute every notebook and build the HTML site into _build/html"
 	@echo "make test   - set up .venv, run unit tests, run every notebook under nbval (ci profile),"
 	@echo "              and build the site from the committed notebook outputs"
 	@echo "make execute-notebooks - re-execute every notebook in place (book profile) before committing"
+	@echo "make full NB=05_building_mome - execute one chapter in the full profile into _build/full/"
 
 install:
 	@$(STAGE) "install (.venv)" scripts/install.sh
@@ -45,6 +46,18 @@ test:
 	@$(STAGE) "notebooks under nbval (ci profile)" $(MAKE) --no-print-directory notebooks-ci
 	@$(STAGE) "site from committed outputs" $(MAKE) --no-print-directory site-from-outputs
 	@echo; echo "Stage times:"; cat _build/stage-times.txt
+
+# One chapter at full size (hours on a laptop CPU), executed into a copy under
+# _build/full/ so the committed book-profile outputs stay as they are.
+full:
+	@test -n "$(NB)" || { echo "usage: make full NB=<notebook name, e.g. 05_building_mome>"; exit 2; }
+	@test -f "book/$(NB).ipynb" || { echo "NB=$(NB): expected the name of a notebook in book/ (no .ipynb)"; exit 2; }
+	@test ! -e "_build/full/$(NB).ipynb" || { echo "_build/full/$(NB).ipynb exists (an earlier full run): move it away first"; exit 2; }
+	@$(STAGE) "install (.venv)" scripts/install.sh
+	@mkdir -p _build/full && cp "book/$(NB).ipynb" "_build/full/$(NB).ipynb"
+	@$(STAGE) "execute $(NB) (full profile)" env LAMINI_LITE_PROFILE=full \
+	  .venv/bin/jupyter execute --inplace --timeout=-1 "_build/full/$(NB).ipynb"
+	@echo "Executed in the full profile: _build/full/$(NB).ipynb"
 
 unit:
 	$(PY) -m pytest tests -n 2 -q -p no:cacheprovider --durations=10
