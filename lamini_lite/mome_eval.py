@@ -246,7 +246,7 @@ def compare(base: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
 
 
 def memorize_mome(data: dict[str, Any], config, *, max_epochs: int = 40, negatives=None,
-                  seed: int = 0, progress: bool = True):
+                  seed: int = 0, lr_decay: float | None = None, progress: bool = True):
     """Fresh SmolLM2 + memory experts (``config``), memory-tuned on the chapter's facts.
 
     Returns ``(model, tokenizer, MemorizeResult)``.
@@ -258,7 +258,7 @@ def memorize_mome(data: dict[str, Any], config, *, max_epochs: int = 40, negativ
     model, tok = load_smollm2()
     add_memory_experts(model, config, tokenizer=tok)
     res = memorize(model, tok, data["prompts"], data["answers"], max_epochs=max_epochs,
-                   negatives=negatives, seed=seed, progress=progress)
+                   negatives=negatives, seed=seed, lr_decay=lr_decay, progress=progress)
     return model, tok, res
 
 
@@ -401,8 +401,11 @@ def match_profile(model, tok, data: dict[str, Any], base: dict[str, Any]) -> dic
 
 
 def memorize_study(data: dict[str, Any], config, *, max_epochs: int = 40, seed: int = 0,
-                   progress: bool = True) -> dict[str, Any]:
+                   lr_decay: float | None = 0.5, progress: bool = True) -> dict[str, Any]:
     """Points 1 and 3: memory-tune all facts, then measure (cached).
+
+    ``lr_decay``: see :func:`lamini_lite.mome_train.memorize` (halve the step
+    whenever recall falls back, which 1,000 facts need).
 
     Returns ``cost`` (epochs, seconds, rows, optimizer bytes, curves),
     ``greedy_recalled`` (memorize's final greedy check), ``snapshot`` under the
@@ -410,12 +413,12 @@ def memorize_study(data: dict[str, Any], config, *, max_epochs: int = 40, seed: 
     ``match`` (:func:`match_profile`) and the ``base`` snapshot.
     """
     inputs = {**_data_key(data), "config": config.to_json(), "max_epochs": max_epochs,
-              "seed": seed, "new_tokens": NEW_TOKENS, "version": 1}
+              "seed": seed, "new_tokens": NEW_TOKENS, "lr_decay": lr_decay, "version": 2}
 
     def compute():
         base = base_snapshot(data)
         model, tok, res = memorize_mome(data, config, max_epochs=max_epochs, seed=seed,
-                                        progress=progress)
+                                        lr_decay=lr_decay, progress=progress)
         snap = snapshot(model, tok, data)
         prof = match_profile(model, tok, data, base)
         set_gate(model, "none")
@@ -495,7 +498,7 @@ def forgetting_study(data: dict[str, Any], config, *, max_epochs: int = 40,
     """
     inputs = {**_data_key(data), "config": config.to_json(), "max_epochs": max_epochs,
               "baselines": [list(b) for b in baselines], "seed": seed,
-              "new_tokens": NEW_TOKENS, "batch_size": 4, "version": 4}
+              "new_tokens": NEW_TOKENS, "batch_size": 4, "version": 5}
 
     def compute():
         base = base_snapshot(data)

@@ -338,3 +338,33 @@ def test_weights_changed_counts_what_each_method_changes(char_tok):
     assert E.weights_changed(mem, ref) == M.get_memory(mem).params_updated() > 0
     with pytest.raises(ValueError, match="reference"):
         E.weights_changed(_model(char_tok, hidden=32), ref)
+
+
+def test_memorize_lr_decay_shrinks_the_step_when_recall_falls_back(char_tok, monkeypatch):
+    from lamini_lite import mome_train as T
+
+    prompts, answers = _facts(4)
+    model = _model(char_tok)
+    M.add_memory_experts(model, M.MoMEConfig.preset("test", gate="none"), tokenizer=char_tok)
+    with pytest.raises(ValueError, match="lr_decay"):
+        M.memorize(model, char_tok, prompts, answers, lr_decay=0.0, progress=False)
+    # Epoch 1 recalls one fact, later epochs none: from epoch 2 on recall is below
+    # its best, so the step halves after every epoch from then on.
+    sizes, calls = [], []
+    real_score = T._score
+
+    def flaky_score(b, logits, tgt, ok, worst):
+        real_score(b, logits, tgt, ok, worst)
+        calls.append(1)
+        ok[:] = [len(calls) == 1 and i == 0 for i in range(len(ok))]
+    real_step = T.RowAdam.step
+
+    def spy_step(self, leaves):
+        sizes.append(self.lr)
+        return real_step(self, leaves)
+    monkeypatch.setattr(T, "_score", flaky_score)
+    monkeypatch.setattr(T.RowAdam, "step", spy_step)
+    M.memorize(model, char_tok, prompts, answers, max_epochs=4, batch_size=4,
+               loss_threshold=None, lr=0.5, lr_decay=0.5, confirm=False, progress=False)
+    assert len(sizes) == 4 and sizes[1] == sizes[0]
+    assert sizes[2:] == pytest.approx([sizes[0] / 2, sizes[0] / 4])
