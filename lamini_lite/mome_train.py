@@ -195,8 +195,9 @@ def memorize(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], *
     ``lr_decay``: if set, the step size is multiplied by it after every epoch
     that ends with fewer facts recalled than the best epoch so far. Adam's
     normalized steps stay large once a row's gradient is tiny, so with many facts
-    sharing rows recall can climb to ~99% and then fall back; shrinking the step
-    when that happens lets it settle (1,000 facts: see the MoME chapter).
+    sharing rows recall can climb to ~99% and then fall back (1,000 SmolLM2 facts
+    at 2^20 rows: 99.2% at epoch 14, 74.7% at epoch 16); shrinking the step when
+    that happens keeps it from collapsing (99.5% and climbing slowly).
     """
     if isinstance(prompts, str) or isinstance(answers, str):
         raise TypeError("prompts and answers must be lists of strings")
