@@ -183,17 +183,16 @@ register_sizes(
     # n_keys: sqrt of the expert count of their memory, sized to n_facts (at 2^16 rows
     # 1,000 facts interfere: recall peaked at 93.5%, then fell); the n_compare facts
     # always use the "book" preset's 2^16;
-    # slick_profile: whose chapter-2 SliCK labels pick the real facts; n_unrelated,
-    # n_near, n_known: probe sets; n_compare: facts of the MoME vs fine-tuning
+    # n_unrelated, n_near, n_known: probe sets; n_compare: facts of the MoME vs fine-tuning
     # comparison (every method trains on the same ones); baselines: (trainable, lr)
     # of the fine-tuning baselines; scale_log2 and lookup_tokens: the lookup sweep.
-    ci=dict(n_facts=16, n_keys=256, slick_profile="ci", answer_chars=32, n_unrelated=16,
+    ci=dict(n_facts=16, n_keys=256, answer_chars=32, n_unrelated=16,
             n_near=16, n_known=10, max_epochs=40, n_compare=16, baselines=[["top:2", 1e-3]],
             scale_log2=[10, 12, 14, 16], lookup_tokens=256),
-    book=dict(n_facts=200, n_keys=256, slick_profile="book", answer_chars=32, n_unrelated=50,
+    book=dict(n_facts=200, n_keys=256, answer_chars=32, n_unrelated=50,
               n_near=50, n_known=40, max_epochs=40, n_compare=30, baselines=[["top:2", 1e-3]],
               scale_log2=[10, 12, 14, 16, 18, 20], lookup_tokens=1024),
-    full=dict(n_facts=1000, n_keys=1024, slick_profile="full", answer_chars=32, n_unrelated=60,
+    full=dict(n_facts=1000, n_keys=1024, answer_chars=32, n_unrelated=60,
               n_near=200, n_known=100, max_epochs=60, n_compare=30,
               baselines=[["top:2", 1e-3], ["all", 3e-5]],
               scale_log2=[10, 12, 14, 16, 18, 20], lookup_tokens=4096),

@@ -112,8 +112,7 @@ def _prompt(question: str) -> str:
 
 
 def chapter_data(n_facts: int, *, answer_chars: int = 32, n_unrelated: int = 50,
-                 n_near: int = 50, n_known: int = 40, seed: int = 0,
-                 slick_profile: str | None = None) -> dict[str, Any]:
+                 n_near: int = 50, n_known: int = 40, seed: int = 0) -> dict[str, Any]:
     """Facts to memorize and probe sets, from chapter 2's SliCK labels of SmolLM2.
 
     Half of the ``n_facts`` (at most as many as there are) are real facts SliCK
@@ -122,8 +121,8 @@ def chapter_data(n_facts: int, *, answer_chars: int = 32, n_unrelated: int = 50,
     questions (zero-shot), ``n_near`` near questions (the memorized format, other
     subjects: half real MaybeKnown/WeaklyKnown facts, half other made-up
     subjects), ``n_known`` HighlyKnown facts, and :data:`HELD_OUT_TEXT`.
-    The SliCK call is chapter 2's in ``slick_profile`` (default: the active
-    profile), so it is a cache hit once chapter 2 ran in that profile.
+    The SliCK call is chapter 2's in the active profile, so it is a cache hit
+    once chapter 2 ran in that profile.
     Returns a JSON-able dict of prompt/answer lists.
     """
     from .facts_real import load_real_facts
@@ -137,7 +136,7 @@ def chapter_data(n_facts: int, *, answer_chars: int = 32, n_unrelated: int = 50,
                          f"n_unrelated={n_unrelated}, n_near={n_near}, n_known={n_known}")
     if n_unrelated > len(UNRELATED_QUESTIONS):
         raise ValueError(f"n_unrelated must be <= {len(UNRELATED_QUESTIONS)}, got {n_unrelated}")
-    S = sizes("slick", slick_profile)
+    S = sizes("slick")
     facts = load_real_facts(_PLACE_RELATIONS, per_relation=S.per_relation, seed=0)
     model, tok = load_smollm2()
     res = categorize(model, tok, facts, SliCKProtocol(exemplar_sets=S.exemplar_sets), seed=0)
@@ -246,7 +245,8 @@ def compare(base: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
 
 
 def memorize_mome(data: dict[str, Any], config, *, max_epochs: int = 40, negatives=None,
-                  seed: int = 0, lr_decay: float | None = None, progress: bool = True):
+                  seed: int = 0, lr_decay: float | None = None, loss_floor: float | None = None,
+                  progress: bool = True):
     """Fresh SmolLM2 + memory experts (``config``), memory-tuned on the chapter's facts.
 
     Returns ``(model, tokenizer, MemorizeResult)``.
@@ -258,7 +258,8 @@ def memorize_mome(data: dict[str, Any], config, *, max_epochs: int = 40, negativ
     model, tok = load_smollm2()
     add_memory_experts(model, config, tokenizer=tok)
     res = memorize(model, tok, data["prompts"], data["answers"], max_epochs=max_epochs,
-                   negatives=negatives, seed=seed, lr_decay=lr_decay, progress=progress)
+                   negatives=negatives, seed=seed, lr_decay=lr_decay, loss_floor=loss_floor,
+                   progress=progress)
     return model, tok, res
 
 
@@ -401,11 +402,15 @@ def match_profile(model, tok, data: dict[str, Any], base: dict[str, Any]) -> dic
 
 
 def memorize_study(data: dict[str, Any], config, *, max_epochs: int = 40, seed: int = 0,
-                   lr_decay: float | None = 0.5, progress: bool = True) -> dict[str, Any]:
+                   lr_decay: float | None = 0.5, loss_floor: float | None = 0.1,
+                   progress: bool = True) -> dict[str, Any]:
     """Points 1 and 3: memory-tune all facts, then measure (cached).
 
-    ``lr_decay``: see :func:`lamini_lite.mome_train.memorize` (halve the step
-    whenever recall falls back, which 1,000 facts need).
+    ``lr_decay`` and ``loss_floor``: see :func:`lamini_lite.mome_train.memorize`.
+    The defaults are this book's protocol in every profile: halve the step
+    whenever recall falls back, and stop pushing answer tokens already below
+    0.1 nats (p > 0.9). Both matter only with many facts sharing rows (1,000
+    facts at 2^20 rows).
 
     Returns ``cost`` (epochs, seconds, rows, optimizer bytes, curves),
     ``greedy_recalled`` (memorize's final greedy check), ``snapshot`` under the
@@ -413,12 +418,14 @@ def memorize_study(data: dict[str, Any], config, *, max_epochs: int = 40, seed: 
     ``match`` (:func:`match_profile`) and the ``base`` snapshot.
     """
     inputs = {**_data_key(data), "config": config.to_json(), "max_epochs": max_epochs,
-              "seed": seed, "new_tokens": NEW_TOKENS, "lr_decay": lr_decay, "version": 2}
+              "seed": seed, "new_tokens": NEW_TOKENS, "lr_decay": lr_decay,
+              "loss_floor": loss_floor, "version": 3}
 
     def compute():
         base = base_snapshot(data)
         model, tok, res = memorize_mome(data, config, max_epochs=max_epochs, seed=seed,
-                                        lr_decay=lr_decay, progress=progress)
+                                        lr_decay=lr_decay, loss_floor=loss_floor,
+                                        progress=progress)
         snap = snapshot(model, tok, data)
         prof = match_profile(model, tok, data, base)
         set_gate(model, "none")
@@ -498,7 +505,7 @@ def forgetting_study(data: dict[str, Any], config, *, max_epochs: int = 40,
     """
     inputs = {**_data_key(data), "config": config.to_json(), "max_epochs": max_epochs,
               "baselines": [list(b) for b in baselines], "seed": seed,
-              "new_tokens": NEW_TOKENS, "batch_size": 4, "version": 5}
+              "new_tokens": NEW_TOKENS, "batch_size": 4, "version": 6}
 
     def compute():
         base = base_snapshot(data)

@@ -64,7 +64,10 @@ class RowAdam:
         for layer, slots, leaf in leaves:
             if leaf.grad is None:
                 continue
-            keep = slots > 0
+            # Slot 0 is the shared zero row; rows whose gradient is exactly zero
+            # (e.g. read only by answer tokens below memorize's loss_floor) are
+            # left alone, moments included (lazy Adam).
+            keep = (slots > 0) & leaf.grad.ne(0).any(-1)
             slots, g = slots[keep], leaf.grad[keep]
             st = self._state(layer)
             m = st["m"][slots].mul_(b1).add_(g, alpha=1 - b1)
@@ -163,7 +166,8 @@ def memorize(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], *
              lr: float = 0.05, max_epochs: int = 40, max_seconds: float | None = None,
              batch_size: int = 8, loss_threshold: float | None = math.log(2), negatives: Sequence[str] | None = None,
              negative_weight: float = 1.0, confirm: bool = True, seed: int = 0,
-             lr_decay: float | None = None, progress: bool = True) -> MemorizeResult:
+             lr_decay: float | None = None, loss_floor: float | None = None,
+             progress: bool = True) -> MemorizeResult:
     """Memory tuning: train the memory of ``model`` until it recalls every fact exactly.
 
     ``prompts[i]`` must make the model answer ``answers[i]`` (target
@@ -198,6 +202,12 @@ def memorize(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], *
     sharing rows recall can climb to ~99% and then fall back (1,000 SmolLM2 facts
     at 2^20 rows: 99.2% at epoch 14, 74.7% at epoch 16); shrinking the step when
     that happens keeps it from collapsing (99.5% and climbing slowly).
+
+    ``loss_floor``: if set, answer tokens whose loss is already below it give no
+    gradient, and rows that only they read are not stepped: the memory stops
+    pushing facts it already holds, so rows shared with a fact still missing
+    serve that fact (a hinge on the token loss). Must be below
+    ``loss_threshold``, or facts could stop improving before they count as done.
     """
     if isinstance(prompts, str) or isinstance(answers, str):
         raise TypeError("prompts and answers must be lists of strings")
@@ -226,6 +236,10 @@ def memorize(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], *
         raise ValueError(f"lr must be > 0, got {lr!r}")
     if lr_decay is not None and not 0 < lr_decay <= 1:
         raise ValueError(f"lr_decay must be in (0, 1] or None, got {lr_decay!r}")
+    if loss_floor is not None and not 0 < loss_floor < (
+            math.inf if loss_threshold is None else loss_threshold):
+        raise ValueError(f"loss_floor must be > 0 and below loss_threshold ({loss_threshold}), "
+                         f"or None, got {loss_floor!r}")
     rms = torch.cat([b["h"][b["mask"]].pow(2).mean(-1).sqrt() for b in batches]).median()
     opt = RowAdam(lr=lr * float(rms))
     key_start = {idx: mem.match_keys.shape[0] for idx, mem in mome.layers.items()}
@@ -248,7 +262,10 @@ def memorize(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], *
                 try:
                     if fact:
                         logits, tgt = _answer_logits(model, layer, b)
-                        loss = F.cross_entropy(logits, tgt)
+                        tok_loss = F.cross_entropy(logits, tgt, reduction="none")
+                        shown = float(tok_loss.detach().mean())
+                        loss = tok_loss.mean() if loss_floor is None else \
+                            (tok_loss * (tok_loss.detach() > loss_floor)).mean()
                     else:
                         run_from(model, layer, b["h"], b["kw"])
                         loss = torch.zeros(())
@@ -261,7 +278,7 @@ def memorize(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], *
                     leaves, mome.ctx = mome.ctx.leaves, None
                     del leaves
                 if fact:
-                    total, count = total + float(loss.detach()), count + 1
+                    total, count = total + shown, count + 1
                     _score(b, logits.detach(), tgt, ok, worst)
             if all(ok) and all(w < thr for w in worst):
                 # The training pass saw the state before each update: re-check.

@@ -368,3 +368,44 @@ def test_memorize_lr_decay_shrinks_the_step_when_recall_falls_back(char_tok, mon
                loss_threshold=None, lr=0.5, lr_decay=0.5, confirm=False, progress=False)
     assert len(sizes) == 4 and sizes[1] == sizes[0]
     assert sizes[2:] == pytest.approx([sizes[0] / 2, sizes[0] / 4])
+
+
+def test_row_adam_leaves_rows_without_gradient_alone():
+    cfg = M.MoMEConfig(n_keys=4, heads=1, topk=2, key_dim=4)
+    mem = M.MemoryLayer(cfg, 3)
+    slots = mem.allocate(torch.tensor([5, 9]))
+    opt = M.RowAdam(lr=0.1)
+    leaf = mem.store[slots].clone().requires_grad_(True)
+    leaf.grad = torch.ones(2, 3)
+    opt.step([(mem, slots, leaf)])
+    before = mem.store[slots].clone()
+    m_before = opt.state[id(mem)]["m"][slots].clone()
+    leaf.grad = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    assert opt.step([(mem, slots, leaf)]) == 1
+    # Row 5 got no gradient: neither its value nor its moments move (momentum
+    # alone would otherwise keep stepping it).
+    assert torch.equal(mem.store[slots[0]], before[0])
+    assert torch.equal(opt.state[id(mem)]["m"][slots[0]], m_before[0])
+    assert not torch.equal(mem.store[slots[1]], before[1])
+
+
+def test_memorize_loss_floor_stops_gradient_below_it(char_tok):
+    prompts, answers = _facts(4)
+    cfg = M.MoMEConfig.preset("test", gate="none")
+
+    def run(**kw):
+        model = _model(char_tok)
+        mome = M.add_memory_experts(model, cfg, tokenizer=char_tok)
+        res = M.memorize(model, char_tok, prompts, answers, max_epochs=60, lr=0.5,
+                         confirm=False, progress=False, **kw)
+        return res, mome.layers[mome.layer_ids[0]].values
+
+    with pytest.raises(ValueError, match="loss_floor"):
+        run(loss_floor=1.0)                       # above the default ln 2 threshold
+    # Every token is below a floor of 1e9: no gradient anywhere, nothing stored.
+    res, values = run(loss_threshold=None, loss_floor=1e9)
+    assert res.recall < 1.0 and res.loss_history[0] > 0
+    assert torch.count_nonzero(values) == 0
+    # A floor below the threshold still memorizes every fact exactly.
+    res, values = run(loss_threshold=None, loss_floor=0.05)
+    assert res.recall == 1.0 and torch.count_nonzero(values) > 0
