@@ -201,13 +201,16 @@ def memorize(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], *
     normalized steps stay large once a row's gradient is tiny, so with many facts
     sharing rows recall can climb to ~99% and then fall back (1,000 SmolLM2 facts
     at 2^20 rows: 99.2% at epoch 14, 74.7% at epoch 16); shrinking the step when
-    that happens keeps it from collapsing (99.5% and climbing slowly).
+    that happens keeps it from collapsing, but alone it left one of the 1,000 facts
+    unrecalled after 58 epochs.
 
     ``loss_floor``: if set, answer tokens whose loss is already below it give no
     gradient, and rows that only they read are not stepped: the memory stops
     pushing facts it already holds, so rows shared with a fact still missing
     serve that fact (a hinge on the token loss). Must be below
     ``loss_threshold``, or facts could stop improving before they count as done.
+    With ``lr_decay=0.5`` and ``loss_floor=0.1`` the 1,000 facts above reach
+    1000/1000 exact greedy recall in 23 epochs (worst token loss 0.53).
     """
     if isinstance(prompts, str) or isinstance(answers, str):
         raise TypeError("prompts and answers must be lists of strings")
