@@ -219,6 +219,14 @@ def memorize(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], *
                          f"{len(prompts)} and {len(answers)}")
     if max_epochs < 1 or batch_size < 1:
         raise ValueError(f"max_epochs and batch_size must be >= 1, got {max_epochs}, {batch_size}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    if lr_decay is not None and not 0 < lr_decay <= 1:
+        raise ValueError(f"lr_decay must be in (0, 1] or None, got {lr_decay!r}")
+    if loss_floor is not None and not 0 < loss_floor < (
+            math.inf if loss_threshold is None else loss_threshold):
+        raise ValueError(f"loss_floor must be > 0 and below loss_threshold ({loss_threshold}), "
+                         f"or None, got {loss_floor!r}")
     mome = get_memory(model)
     layer = min(mome.layer_ids)
     t0 = time.perf_counter()
@@ -235,14 +243,6 @@ def memorize(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], *
         if keep:
             neg = _batches(tokenizer, [p for p, _ in keep], [a for _, a in keep], batch_size,
                            model, layer)
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr!r}")
-    if lr_decay is not None and not 0 < lr_decay <= 1:
-        raise ValueError(f"lr_decay must be in (0, 1] or None, got {lr_decay!r}")
-    if loss_floor is not None and not 0 < loss_floor < (
-            math.inf if loss_threshold is None else loss_threshold):
-        raise ValueError(f"loss_floor must be > 0 and below loss_threshold ({loss_threshold}), "
-                         f"or None, got {loss_floor!r}")
     rms = torch.cat([b["h"][b["mask"]].pow(2).mean(-1).sqrt() for b in batches]).median()
     opt = RowAdam(lr=lr * float(rms))
     key_start = {idx: mem.match_keys.shape[0] for idx, mem in mome.layers.items()}
