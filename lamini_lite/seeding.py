@@ -34,3 +34,42 @@ def torch_generator(seed: int) -> torch.Generator:
 def numpy_rng(seed: int) -> np.random.Generator:
     """A fresh NumPy ``Generator`` seeded with ``seed``."""
     return np.random.default_rng(seed)
+
+
+SEED_ENV = "LAMINI_LITE_SEED"  # the run's seed; the robustness command sets it per run
+
+
+def run_seed() -> int:
+    """The seed of this run of the book: ``$LAMINI_LITE_SEED`` (default 0).
+
+    Each chapter reads it once in its first cell and passes it (as an argument)
+    to everything that draws at random: the synthetic world and its
+    pretraining, the fact draws, the sampling. The committed outputs come from
+    seed 0; ``python -m lamini_lite.bench robustness --seeds 0,1,2,3,4`` runs
+    every chapter once per seed to show that its claims survive the change.
+
+    Raises:
+        ValueError: if the variable is set to anything but a non-negative integer.
+    """
+    raw = os.environ.get(SEED_ENV, "").strip()
+    if not raw:
+        return 0
+    try:
+        seed = int(raw)
+    except ValueError:
+        seed = -1
+    if seed < 0:
+        raise ValueError(f"{SEED_ENV} must be a non-negative integer, got {raw!r}")
+    return seed
+
+
+def run_seeds(seeds: list[int], run: int | None = None) -> list[int]:
+    """A chapter's list of seeds moved to this run: ``s + 100 * run`` for each ``s``.
+
+    Seed 0 (the committed outputs) keeps the list as it is; another run gets
+    seeds no other run of up to 100 seeds shares.
+    """
+    run = run_seed() if run is None else run
+    if any(not isinstance(s, int) or s < 0 or s >= 100 for s in seeds):
+        raise ValueError(f"seeds must be ints in [0, 100), got {seeds!r}")
+    return [s + 100 * run for s in seeds]

@@ -25,3 +25,19 @@ def test_local_generators():
 def test_bad_seed(bad):
     with pytest.raises(ValueError, match="seed"):
         seed_everything(bad)
+
+
+def test_run_seed_reads_the_environment(monkeypatch):
+    from lamini_lite.seeding import run_seed, run_seeds
+    monkeypatch.delenv("LAMINI_LITE_SEED", raising=False)
+    assert run_seed() == 0 and run_seeds([0, 1]) == [0, 1]
+    monkeypatch.setenv("LAMINI_LITE_SEED", "3")
+    assert run_seed() == 3 and run_seeds([0, 1]) == [300, 301]
+    monkeypatch.setenv("LAMINI_LITE_SEED", "-1")
+    with pytest.raises(ValueError, match="LAMINI_LITE_SEED must be a non-negative integer"):
+        run_seed()
+    monkeypatch.setenv("LAMINI_LITE_SEED", "abc")
+    with pytest.raises(ValueError, match="non-negative integer"):
+        run_seed()
+    with pytest.raises(ValueError, match="seeds must be ints"):
+        run_seeds([100], run=0)
