@@ -36,6 +36,7 @@ book:
 	@echo "notebooks are not re-executed on later runs (execution cache)."
 	@$(STAGE) "execute notebooks + build site" .venv/bin/jupyter-book build . --all -W --keep-going
 	@$(PY) scripts/check_site.py _build/html
+	@$(PY) scripts/browser_check.py _build/html
 	@echo; echo "Stage times:"; cat _build/stage-times.txt
 	@echo "Open _build/html/index.html in a browser."
 
@@ -71,12 +72,17 @@ notebooks-ci:
 	LAMINI_LITE_PROFILE=ci LAMINI_LITE_NO_NETWORK=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
 	  $(PY) -m pytest --nbval-lax -p no:cacheprovider -n 2 --dist loadfile -q --durations=0 $(NOTEBOOKS)
 
-# The site built from the outputs committed in the notebooks, without executing them.
+# The site built from the outputs committed in the notebooks, without executing them,
+# then every page rendered in headless Chromium (scripts/browser_check.py).
+# Jupyter Book resolves local_extensions paths next to the config file: the copy
+# under _build/ gets the absolute path of _ext/.
 site-from-outputs:
 	@mkdir -p _build
-	sed -e 's/^\(\s*execute_notebooks:\).*/\1 "off"/' _config.yml > _build/_config_no_exec.yml
+	sed -e 's/^\(\s*execute_notebooks:\).*/\1 "off"/' \
+	  -e 's#^\(\s*site_fixes:\).*#\1 "$(CURDIR)/_ext"#' _config.yml > _build/_config_no_exec.yml
 	.venv/bin/jupyter-book build . --all -W --keep-going --config _build/_config_no_exec.yml
 	$(PY) scripts/check_site.py _build/html
+	$(PY) scripts/browser_check.py _build/html
 
 execute-notebooks: install
 	cd book && for nb in $(notdir $(NOTEBOOKS)); do \

@@ -8,6 +8,26 @@ if [ ! -x .venv/bin/python ]; then
   echo "creating .venv with $($PYTHON --version)"
   "$PYTHON" -m venv .venv
 fi
+# The browser check of `make test` (scripts/browser_check.py) renders the built
+# site in Debian's chromium. Install it when missing, if apt-get is there and we
+# are root (or sudo works without a password); otherwise say so and go on (the
+# check is then skipped). Runs before the stamp check; instant when present.
+if ! command -v chromium >/dev/null 2>&1; then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    sudo="sudo -n"
+  fi
+  if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" -eq 0 ] || [ -n "$sudo" ]; }; then
+    echo "installing Debian's chromium with apt-get (for the browser check of the built site)..."
+    if ! { $sudo apt-get update -q && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }; then
+      echo "could not install chromium with apt-get: the browser check of the built site will be skipped"
+    fi
+  else
+    echo "chromium is not installed and this script cannot install it (needs apt-get and root or"
+    echo "passwordless sudo): the browser check of the built site will be skipped."
+    echo "To run it: sudo apt-get install chromium"
+  fi
+fi
 stamp=".venv/.lamini-lite-installed-$(cat requirements.txt pyproject.toml scripts/install.sh | sha256sum | cut -c1-16)"
 if [ -f "$stamp" ]; then
   echo "environment up to date ($stamp)"
