@@ -97,9 +97,9 @@ class Claim:
         return tested - self.threshold if self.op in (">", ">=") else self.threshold - tested
 
 
-@dataclass
+@dataclass(repr=False)
 class Check:
-    """The outcome of one :func:`check`."""
+    """The outcome of one :func:`check` (shown as its one-line summary)."""
 
     claim: str  # claim id
     text: str  # the claim in words
@@ -123,6 +123,8 @@ class Check:
         label = f" [{self.label}]" if self.label else ""
         return (f"claim {self.claim}{label}: {self.value:.4g}{unit}{ci}{what} "
                 f"{self.op} {self.threshold:g}{unit} -> {mark}, margin {self.margin:.3g}")
+
+    __repr__ = __str__  # a bare check(...) ending a notebook cell shows the summary
 
 
 def registered_claims() -> dict[str, Claim]:
