@@ -60,24 +60,29 @@ from .slick import CATEGORIES, SliCKResult
 __all__ = ["KNOWN", "IDK", "NATURAL", "category_list", "filter_unknowns", "relabel_unknowns",
            "EarlyStopping", "study_prompt", "greedy_match", "evaluate_facts",
            "KnowledgeSplit", "split_for_study", "Variant", "mixture", "mixture_variants",
-           "known_only_variants", "idk_variant", "single_category_variants", "StudyConfig",
-           "VariantRun", "run_variant", "run_study", "summary_table", "LinearFit", "fit_linear", "linear_points",
-           "summary_row"]
+           "known_only_variants", "idk_variant", "single_category_variants", "mixture_size",
+           "StudyConfig", "VariantRun", "run_variant", "run_study", "summary_table",
+           "LinearFit", "fit_linear", "linear_points", "summary_row"]
 
 KNOWN: tuple[str, ...] = ("HighlyKnown", "MaybeKnown", "WeaklyKnown")  # "Known" in the paper
 IDK = "I don't know"  # the relabelled answer of D_IDK
 NATURAL = "Natural"  # name of the single-category set drawn with the natural category mix
 
 # Sizes of chapter 3 (book/03_finetuning_new_knowledge.ipynb). syn_* = synthetic track,
-# real_* = SmolLM2 on real facts; real_exemplar_sets = SliCK prompts per fact there (the
-# book and full values equal the slick section's, so chapter 2's cached categories are reused;
-# ci uses the paper's 10 to keep the uncached SmolLM2 SliCK run short).
+# real_* = SmolLM2 on real facts; real_exemplar_sets = SliCK exemplar sets there, equal to
+# the slick section's exemplar_sets in every profile so that chapter 2's cached categories
+# are reused (an uncached run costs about the same with 10 or 20: each set's text runs
+# once per relation). syn_size and real_size are the most examples per mixture and
+# syn_single_size the size of a single-category set: the notebook caps the first by what
+# the train pool holds (fk.mixture_size) and builds a single-category set only where the
+# pool holds syn_single_size facts (MaybeKnown holds a handful in the ci split, and how
+# many depends on the seed and the machine).
 register_sizes(
     "finetune_knowledge",
     ci=dict(syn_facts=472, syn_test_per_category=14, syn_dev=40, syn_size=64,
             syn_single_size=12, syn_epochs=30, syn_lr=1e-4, syn_seeds=[0, 1],
-            real_exemplar_sets=10, real_test_per_category=3, real_dev=4, real_size=6, real_epochs=8,
-            real_lr=3e-4, real_trainable="top:2"),
+            real_exemplar_sets=20, real_test_per_category=3, real_dev=4, real_size=6,
+            real_epochs=8, real_lr=3e-4, real_trainable="top:2"),
     book=dict(syn_facts=1600, syn_test_per_category=32, syn_dev=100, syn_size=128,
               syn_single_size=24, syn_epochs=30, syn_lr=1e-4, syn_seeds=[0, 1],
               real_exemplar_sets=50, real_test_per_category=16, real_dev=24, real_size=32,
@@ -465,6 +470,21 @@ def mixture(split: KnowledgeSplit, size: int, unknown_share: float, *, seed: int
                    [split.train_cats[i] for i in idx], "mixture", unknown_share)
 
 
+def mixture_size(split: KnowledgeSplit, most: int) -> int:
+    """The largest |D| up to ``most`` for which every share of the sweep fits the train pool.
+
+    D_0 needs ``size`` Known train facts and D_100 ``size`` Unknown ones; how many
+    the split holds depends on the model and the seed, so a study that must run on
+    any seed sizes its sets with this (and prints the size it got).
+    """
+    if not isinstance(most, int) or isinstance(most, bool) or most < 1:
+        raise ValueError(f"most must be an int >= 1, got {most!r}")
+    size = min(most, len(split.pool("Known")), len(split.pool("Unknown")))
+    if size < 1:
+        raise FactError("the train pool has no Known or no Unknown fact: no mixture to build")
+    return size
+
+
 def mixture_variants(split: KnowledgeSplit, size: int, shares: Sequence[float] = (0, .25, .5, .75, 1),
                      *, seed: int = 0) -> list[Variant]:
     """The X% Unknown sweep: one :func:`mixture` per share."""
@@ -490,15 +510,26 @@ def idk_variant(v: Variant, idk: str = IDK) -> Variant:
                    "idk", v.unknown_share)
 
 
-def single_category_variants(split: KnowledgeSplit, size: int, *, seed: int = 0
-                             ) -> list[Variant]:
-    """D_HighlyKnown, D_MaybeKnown, D_WeaklyKnown, D_Unknown and D_Natural, each of ``size``."""
+def single_category_variants(split: KnowledgeSplit, size: int, *, seed: int = 0,
+                             skip_short: bool = False) -> list[Variant]:
+    """D_HighlyKnown, D_MaybeKnown, D_WeaklyKnown, D_Unknown and D_Natural, each of ``size``.
+
+    A category whose train pool holds fewer than ``size`` facts raises
+    :class:`~lamini_lite.facts.FactError`, or with ``skip_short`` is left out (its
+    set would be smaller than the others, so not comparable): a small split can
+    hold only a handful of MaybeKnown facts, and how many depends on the seed.
+    D_Natural (drawn from the whole pool) is never left out.
+    """
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"size must be an int >= 1, got {size!r}")
     out = []
     for c in (*CATEGORIES, NATURAL):
         pool = list(range(len(split.train))) if c == NATURAL else split.pool(c)
         if len(pool) < size:
+            if skip_short and c != NATURAL:
+                continue
             raise FactError(f"D_{c} needs {size} train facts; the pool has {len(pool)} "
-                            "(lower the single-category size)")
+                            "(lower the single-category size, or pass skip_short=True)")
         idx = [pool[i] for i in _order(len(pool), seed, f"single-{c}")[:size]]
         facts = [split.train[i] for i in idx]
         out.append(Variant(f"D_{c}", facts, [f.object for f in facts],

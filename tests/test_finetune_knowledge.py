@@ -99,6 +99,31 @@ def test_split_mixtures_and_variants():
         fk.single_category_variants(split, 50)
 
 
+def test_sizes_adapt_to_what_the_split_holds():
+    # a split with few MaybeKnown facts: the MaybeKnown set is left out when asked,
+    # and the sweep's size is capped by the smaller of the Known and Unknown pools
+    cats = ["MaybeKnown" if i % 20 == 1 else CATS[(i % 2) * 3] for i in range(40)]
+    split = fk.split_for_study(toy_facts(), cats, n_test_per_category=2, n_dev=4, seed=0)
+    n_mk = len(split.pool("MaybeKnown"))
+    assert 0 < n_mk < 4
+    with pytest.raises(FactError, match="skip_short"):
+        fk.single_category_variants(split, 4)
+    singles = fk.single_category_variants(split, 4, skip_short=True)
+    assert [s.name for s in singles] == ["D_HighlyKnown", "D_Unknown", "D_Natural"]
+    assert all(len(s.facts) == 4 for s in singles)
+    assert [s.name for s in fk.single_category_variants(split, n_mk, skip_short=True)] == \
+        ["D_HighlyKnown", "D_MaybeKnown", "D_Unknown", "D_Natural"]
+    with pytest.raises(FactError, match="D_Natural"):
+        fk.single_category_variants(split, 1000, skip_short=True)
+    n_kn, n_unk = len(split.pool("Known")), len(split.pool("Unknown"))
+    assert fk.mixture_size(split, 1000) == min(n_kn, n_unk)
+    assert fk.mixture_size(split, 3) == 3
+    for s in fk.mixture_variants(split, fk.mixture_size(split, 1000)):
+        assert len(s.facts) == min(n_kn, n_unk)  # every share of the sweep fits
+    with pytest.raises(ValueError, match="most"):
+        fk.mixture_size(split, 0)
+
+
 def test_greedy_match_agrees_with_decoding(toy):
     model, tok = toy
     facts = toy_facts(12)
