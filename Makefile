@@ -7,6 +7,9 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 STAGE := scripts/stage.sh
 NOTEBOOKS := $(sort $(wildcard book/*.ipynb))
+# Chapter 6 runs Triton's kernels, and Triton has Linux wheels only: on other systems
+# (macOS) `make test` runs every other notebook (evaluated when used, after install).
+NOTEBOOKS_CI = $(if $(shell $(PY) -c "import triton" 2>/dev/null && echo yes),$(NOTEBOOKS),$(filter-out book/06_%,$(NOTEBOOKS)))
 
 # Everything runs offline: no model or data downloads at run time.
 export HF_HUB_OFFLINE := 1
@@ -67,10 +70,11 @@ unit:
 # (two 2-thread processes on 2 cores thrash);
 # LAMINI_LITE_NO_NETWORK=1 makes lamini_lite refuse any network connection.
 notebooks-ci:
+	@$(PY) -c "import triton" 2>/dev/null || echo "Triton is not installed (it has Linux wheels only): skipping chapter 6's notebook"
 	@echo "building shared ci-profile artifacts first (synthetic backbone), so parallel notebooks reuse them"
 	LAMINI_LITE_PROFILE=ci $(PY) -c "from lamini_lite.pretrain import load_backbone; load_backbone(seed=0, progress=False)"
 	LAMINI_LITE_PROFILE=ci LAMINI_LITE_NO_NETWORK=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
-	  $(PY) -m pytest --nbval-lax -p no:cacheprovider -n 2 --dist loadfile -q --durations=0 $(NOTEBOOKS)
+	  $(PY) -m pytest --nbval-lax -p no:cacheprovider -n 2 --dist loadfile -q --durations=0 $(NOTEBOOKS_CI)
 
 # The site built from the outputs committed in the notebooks, without executing them,
 # then every page rendered in headless Chromium (scripts/browser_check.py).
@@ -78,8 +82,8 @@ notebooks-ci:
 # under _build/ gets the absolute path of _ext/.
 site-from-outputs:
 	@mkdir -p _build
-	sed -e 's/^\(\s*execute_notebooks:\).*/\1 "off"/' \
-	  -e 's#^\(\s*site_fixes:\).*#\1 "$(CURDIR)/_ext"#' _config.yml > _build/_config_no_exec.yml
+	sed -e 's/^\([[:space:]]*execute_notebooks:\).*/\1 "off"/' \
+	  -e 's#^\([[:space:]]*site_fixes:\).*#\1 "$(CURDIR)/_ext"#' _config.yml > _build/_config_no_exec.yml
 	.venv/bin/jupyter-book build . --all -W --keep-going --config _build/_config_no_exec.yml
 	$(PY) scripts/check_site.py _build/html
 	$(PY) scripts/browser_check.py _build/html

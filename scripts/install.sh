@@ -28,7 +28,10 @@ if ! command -v chromium >/dev/null 2>&1; then
     echo "To run it: sudo apt-get install chromium"
   fi
 fi
-stamp=".venv/.lamini-lite-installed-$(cat requirements.txt pyproject.toml scripts/install.sh | sha256sum | cut -c1-16)"
+# (hashed with Python: sha256sum is not on every system, e.g. macOS)
+digest=$(cat requirements.txt pyproject.toml scripts/install.sh \
+  | "$PYTHON" -c "import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:16])")
+stamp=".venv/.lamini-lite-installed-$digest"
 if [ -f "$stamp" ]; then
   echo "environment up to date ($stamp)"
   exit 0
