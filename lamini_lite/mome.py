@@ -183,11 +183,15 @@ register_sizes(
     # n_keys: sqrt of the expert count of their memory, sized to n_facts (at 2^16 rows
     # 1,000 facts interfere: recall peaked at 93.5%, then fell); the n_compare facts
     # always use the "book" preset's 2^16;
-    # n_unrelated, n_near, n_known: probe sets; n_compare: facts of the MoME vs fine-tuning
+    # n_unrelated, n_near, n_known: probe sets (ci: the chapter's targets, >= 85% of
+    # unrelated and >= 80% of near answers unchanged, are tested on the lower end of
+    # a 95% Wilson interval, which needs 22 and 16 questions even if all are
+    # unchanged; 40 of each leave room for one and for three changed answers);
+    # n_compare: facts of the MoME vs fine-tuning
     # comparison (every method trains on the same ones); baselines: (trainable, lr)
     # of the fine-tuning baselines; scale_log2 and lookup_tokens: the lookup sweep.
-    ci=dict(n_facts=16, n_keys=256, answer_chars=32, n_unrelated=16,
-            n_near=16, n_known=10, max_epochs=40, n_compare=16, baselines=[["top:2", 1e-3]],
+    ci=dict(n_facts=16, n_keys=256, answer_chars=32, n_unrelated=40,
+            n_near=40, n_known=10, max_epochs=40, n_compare=16, baselines=[["top:2", 1e-3]],
             scale_log2=[10, 12, 14, 16], lookup_tokens=256),
     book=dict(n_facts=200, n_keys=256, answer_chars=32, n_unrelated=50,
               n_near=50, n_known=40, max_epochs=40, n_compare=30, baselines=[["top:2", 1e-3]],

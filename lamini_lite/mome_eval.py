@@ -112,7 +112,8 @@ def _prompt(question: str) -> str:
 
 
 def chapter_data(n_facts: int, *, answer_chars: int = 32, n_unrelated: int = 50,
-                 n_near: int = 50, n_known: int = 40, seed: int = 0) -> dict[str, Any]:
+                 n_near: int = 50, n_known: int = 40, seed: int = 0,
+                 slick_seed: int = 0) -> dict[str, Any]:
     """Facts to memorize and probe sets, from chapter 2's SliCK labels of SmolLM2.
 
     Half of the ``n_facts`` (at most as many as there are) are real facts SliCK
@@ -121,8 +122,10 @@ def chapter_data(n_facts: int, *, answer_chars: int = 32, n_unrelated: int = 50,
     questions (zero-shot), ``n_near`` near questions (the memorized format, other
     subjects: half real MaybeKnown/WeaklyKnown facts, half other made-up
     subjects), ``n_known`` HighlyKnown facts, and :data:`HELD_OUT_TEXT`.
-    The SliCK call is chapter 2's in the active profile, so it is a cache hit
-    once chapter 2 ran in that profile.
+    The SliCK call is chapter 2's in the active profile (its real facts and
+    categorization drawn with ``slick_seed``, chapter 2's run seed), so it is a
+    cache hit once chapter 2 ran in that profile with that seed. ``seed`` draws
+    the facts, probes and random codes from them.
     Returns a JSON-able dict of prompt/answer lists.
     """
     from .facts_real import load_real_facts
@@ -137,9 +140,10 @@ def chapter_data(n_facts: int, *, answer_chars: int = 32, n_unrelated: int = 50,
     if n_unrelated > len(UNRELATED_QUESTIONS):
         raise ValueError(f"n_unrelated must be <= {len(UNRELATED_QUESTIONS)}, got {n_unrelated}")
     S = sizes("slick")
-    facts = load_real_facts(_PLACE_RELATIONS, per_relation=S.per_relation, seed=0)
+    facts = load_real_facts(_PLACE_RELATIONS, per_relation=S.per_relation, seed=slick_seed)
     model, tok = load_smollm2()
-    res = categorize(model, tok, facts, SliCKProtocol(exemplar_sets=S.exemplar_sets), seed=0)
+    res = categorize(model, tok, facts, SliCKProtocol(exemplar_sets=S.exemplar_sets),
+                     seed=slick_seed)
     ex_q = {q for q, _ in EXEMPLARS}
     rng = np.random.default_rng(seed)
     by_cat: dict[str, list[Fact]] = {}

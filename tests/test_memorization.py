@@ -41,7 +41,8 @@ def trained():
 def test_fact_measurements_and_threshold_implication(trained):
     model, tok, prompts, answers, evals = trained
     m = evals[-1]
-    assert set(m) == {"token_losses", "max_loss", "mean_loss", "prediction", "recalled"}
+    assert set(m) == {"token_losses", "max_loss", "mean_loss", "argmax", "prediction",
+                      "recalled"}
     assert all(len(x) == 3 for x in m["token_losses"])  # two words + newline
     for tl, mx, mean in zip(m["token_losses"], m["max_loss"], m["mean_loss"]):
         assert mx == pytest.approx(max(tl), abs=1e-5) and mean <= mx + 1e-6
@@ -81,6 +82,8 @@ def test_recall_vs_loss_bins():
     df = recall_vs_loss([0.01, 0.02, 0.5, 1.0, 3.0, 5.0], [1, 1, 1, 0, 0, 1])
     assert df["n"].sum() == 6
     assert list(df["recall"])[0] == 1.0
+    assert (df["recall_low"] <= df["recall"]).all() and (df["recall"] <= df["recall_high"]).all()
+    assert df["recall_high"].iloc[0] == 1.0 and df["recall_low"].iloc[0] < 1.0  # Wilson
     assert any(abs(x - LN2) < 1e-9 for x in df["high"])  # ln 2 is a bin edge
     df2 = recall_vs_loss([0.5, 1.5], [1, 0], edges=[0, 1, 2])
     assert list(df2["recall"]) == [1.0, 0.0]
@@ -112,6 +115,97 @@ def test_run_one_records_every_epoch():
     assert [e["epoch"] for e in run["evals"]] == [0, 1, 2, 3]
     assert run["evals"][0]["agreement"] == 1.0  # epoch 0 is the base model itself
     assert len(run["evals"][-1]["train_recalled"]) == 4 and len(run["train_loss"]) == 3
+    assert all(e["decoded"] for e in run["evals"])  # greedy_every=1: every checkpoint
+
+
+def test_run_one_decodes_every_k_epochs_and_the_last():
+    tok = toy_tokenizer()
+    base = tiny_llama(len(tok), hidden_size=64, num_layers=2, num_heads=2, seed=0)
+    train, unrelated = _facts(4), _facts(6)[4:]
+    run = _run_one(base, tok, train, unrelated, ["w0", "w0"], epochs=7, lr=3e-3, batch_size=4,
+                   trainable="all", seed=0, progress=False, held_out_every_epoch=False,
+                   greedy_every=3)
+    assert [e["decoded"] for e in run["evals"]] == [True, False, False, True, False, False,
+                                                    True, True]
+    skipped = run["evals"][1]
+    assert skipped["train_recalled"] == [None] * 4 and skipped["train_pred"] == [None] * 4
+    assert len(skipped["train_max_loss"]) == 4 and len(skipped["train_argmax"]) == 4
+    assert "unrelated_pred" in run["evals"][-1] and "unrelated_pred" not in skipped
+    assert all(isinstance(r, bool) for r in run["evals"][-1]["train_recalled"])
+    from lamini_lite.memorization import noise_summary, threshold_points
+    facts = [dict(f.to_dict(), meta={"random_answer": False}) for f in train]
+    result = {"noise": [0.0], "runs": [run], "train_facts": [facts]}
+    pts = threshold_points(result)
+    assert sorted(set(pts["epoch"])) == [0, 3, 6, 7] and len(pts) == 4 * 4
+    assert set(pts.columns) >= {"max_loss", "recalled", "argmax"}
+    assert len(noise_summary(result)) == 1
+    with pytest.raises(ValueError, match="greedy_every"):
+        _run_one(base, tok, train, unrelated, ["w0", "w0"], epochs=1, lr=3e-3, batch_size=4,
+                 trainable="all", seed=0, progress=False, greedy_every=0)
+
+
+def test_decode_cap_lies_past_every_answer():
+    from lamini_lite.memorization import DECODE_SLACK, decode_cap
+    tok = toy_tokenizer()
+    # the longest answer has 3 tokens: + newline + slack
+    assert decode_cap(tok, ["w1", "w1 w2 w3", "w4 w5"]) == 3 + 1 + DECODE_SLACK
+    assert decode_cap(tok, ["w1"], slack=2) == 4
+    with pytest.raises(ValueError, match="slack"):
+        decode_cap(tok, ["w1"], slack=0)
+
+
+def test_frozen_bottom_decoder_matches_greedy_answers():
+    from lamini_lite.lm import greedy_answers
+    from lamini_lite.memorization import FrozenBottomDecoder
+    tok = toy_tokenizer()
+    model = tiny_llama(len(tok), hidden_size=64, num_layers=3, num_heads=2, seed=0)
+    prompts, answers = _qa(_facts(6))
+    prompts = prompts + ["Q: what n1 likes ? w3 w4 w5\nA:"]  # rows of unequal length
+    dec = FrozenBottomDecoder(model, tok, prompts, 2, batch_size=4)
+    for _ in range(3):  # train the top layer between decodings; the bottom stays frozen
+        assert dec.answers(6) == greedy_answers(model, tok, prompts, max_new_tokens=6,
+                                                batch_size=4)
+        finetune_qa(model, tok, prompts[:6], answers, epochs=8, lr=3e-3, batch_size=6,
+                    trainable="top:1", progress=False)
+    assert dec.answers(6)[:6] == answers  # it learned them, and decoding sees it
+    with pytest.raises(ValueError, match="first"):
+        FrozenBottomDecoder(model, tok, prompts, 0)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        dec.answers(0)
+
+
+def test_heldout_and_real_threshold_points():
+    from lamini_lite.memorization import heldout_points, real_threshold_points
+    run = {"evals": [
+        {"epoch": 0, "decoded": True, "train_max_loss": [0.1, 3.0],
+         "train_recalled": [True, False], "unrelated_max_loss": [0.2, 5.0],
+         "unrelated_recalled": [True, False]},
+        {"epoch": 1, "decoded": False, "train_max_loss": [0.1, 2.0],
+         "train_recalled": [None, None]},
+        {"epoch": 2, "decoded": True, "train_max_loss": [0.05, 0.3],
+         "train_recalled": [True, True], "unrelated_max_loss": [0.3, 4.0],
+         "unrelated_recalled": [True, False]}]}
+    unrelated = [{"question": "u1"}, {"question": "u2"}]
+    held = heldout_points(run, unrelated)
+    assert len(held) == 4 and list(held["epoch"]) == [0, 0, 2, 2]
+    real = {"run": run, "train_facts": [{"question": "t1"}, {"question": "t2"}],
+            "unrelated": unrelated,
+            "base_gold": {"question": ["t1", "t2", "r1"], "max_loss": [4.0, 0.5, 1.0],
+                          "recalled": [False, True, True]}}
+    pts = real_threshold_points(real)
+    assert (pts["what"] == "trained random answer").sum() == 4  # 2 decoded checkpoints x 2
+    assert (pts["what"] == "true answer").sum() == 3 + 4
+    assert pts["recalled"].dtype == bool
+
+
+def test_text_losses_add_up_to_text_loss():
+    from lamini_lite.memorization import text_loss, text_losses
+    tok = toy_tokenizer()
+    base = tiny_llama(len(tok), hidden_size=64, num_layers=2, num_heads=2, seed=0)
+    texts = ["n1 likes w3", "n2 likes w4 w5", "n3 likes w1"]
+    sums, counts = text_losses(base, tok, texts)
+    assert counts == [3, 4, 3]  # "likes w3" + newline, ...
+    assert sum(sums) / sum(counts) == pytest.approx(text_loss(base, tok, texts), rel=1e-5)
 
 
 @pytest.mark.parametrize("profile", ["ci", "book", "full"])
@@ -189,15 +283,22 @@ def test_randomization_test_rejects_an_unknown_kind():
                            batch_size=2, kind="shuffled")
 
 
-def test_accuracy_gap_z():
-    from lamini_lite.memorization import accuracy_gap_z
-    assert accuracy_gap_z(0.5, 0.5, 100) == 0.0
-    assert accuracy_gap_z(0.0, 0.0, 10) == 0.0
-    z = accuracy_gap_z(0.6, 0.4, 100)  # pooled 0.5: se = sqrt(0.5) / 10
-    assert z == pytest.approx(0.2 / math.sqrt(0.5 * 0.5 * 2 / 100))
-    assert accuracy_gap_z(0.4, 0.6, 100) == pytest.approx(-z)
-    assert abs(accuracy_gap_z(0.203, 0.094, 64)) < 2.58 < abs(accuracy_gap_z(0.9, 0.1, 64))
-    with pytest.raises(ValueError, match="n must"):
-        accuracy_gap_z(0.5, 0.5, 0)
-    with pytest.raises(ValueError, match="acc_b"):
-        accuracy_gap_z(0.5, 1.5, 10)
+def test_run_one_frozen_prefix_paths_match_the_plain_ones():
+    # top:1 with cache_prefix: losses through FrozenPrefix, answers through
+    # FrozenBottomDecoder, held-out through both -- the same numbers as without
+    tok = toy_tokenizer()
+    base = tiny_llama(len(tok), hidden_size=64, num_layers=3, num_heads=2, seed=0)
+    train, unrelated = _facts(4), _facts(8)[4:]
+    base_preds = ["w0"] * 4
+    kw = dict(epochs=4, lr=3e-3, batch_size=4, trainable="top:1", seed=0, progress=False,
+              held_out_every_epoch=False, replay=[("n7", "likes w1 w2")])
+    fast = _run_one(base, tok, train, unrelated, base_preds, cache_prefix=True, **kw)
+    plain = _run_one(base, tok, train, unrelated, base_preds, cache_prefix=False, **kw)
+    for f, p in zip(fast["evals"], plain["evals"]):
+        assert f["train_pred"] == p["train_pred"] and f["train_recalled"] == p["train_recalled"]
+        assert f["train_max_loss"] == pytest.approx(p["train_max_loss"], abs=1e-4)
+    for key in ("unrelated_pred", "unrelated_recalled", "agreement"):
+        assert fast["evals"][-1][key] == plain["evals"][-1][key]
+        assert fast["evals"][0][key] == plain["evals"][0][key]
+    assert fast["evals"][-1]["unrelated_max_loss"] == pytest.approx(
+        plain["evals"][-1]["unrelated_max_loss"], abs=1e-4)
