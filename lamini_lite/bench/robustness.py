@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -49,8 +50,16 @@ def _notebooks(chapters: list[str] | None, book: Path) -> list[Path]:
     return picked
 
 
-def _execute(nb: Path, seed: int, log: Path, timeout: int) -> tuple[str, int, float, str]:
-    """Run one notebook for one seed in a fresh kernel; return (name, seed, seconds, error)."""
+def _execute(nb: Path, seed: int, log: Path, timeout: int,
+             notebook_timeout: int = 1200) -> tuple[str, int, float, str]:
+    """Run one notebook for one seed in a fresh kernel; return (name, seed, seconds, error).
+
+    A run that takes longer than ``notebook_timeout`` seconds in all is stopped and
+    run once more from the start (its claim log emptied first). Rarely, the client
+    and an idle kernel both wait for a message that never comes, after the notebook's
+    work is done; the error names the run that was retried, and a second time-out is a
+    failure.
+    """
     env = dict(os.environ, LAMINI_LITE_PROFILE="ci", **{SEED_ENV: str(seed), LOG_ENV: str(log),
                                                         MODE_ENV: "record"},
                OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg")
@@ -60,13 +69,26 @@ def _execute(nb: Path, seed: int, log: Path, timeout: int) -> tuple[str, int, fl
             "NotebookClient(nb, timeout=int(sys.argv[2]), kernel_name='python3',\n"
             "               resources={'metadata': {'path': sys.argv[3]}}).execute()\n")
     t0 = time.time()
-    proc = subprocess.run([sys.executable, "-c", code, str(nb), str(timeout), str(nb.parent)],
-                          env=env, capture_output=True, text=True)
-    err = ""
-    if proc.returncode != 0:
-        lines = [ln for ln in (proc.stderr or "").strip().splitlines() if ln.strip()]
-        err = " | ".join(lines[-3:])[-400:] or f"exit {proc.returncode}"
-    return nb.stem, seed, time.time() - t0, err
+    for attempt in (1, 2):
+        log.unlink(missing_ok=True)
+        # its own process group, so that a stopped run takes its kernel with it
+        proc = subprocess.Popen([sys.executable, "-c", code, str(nb), str(timeout),
+                                 str(nb.parent)], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            _, stderr = proc.communicate(timeout=notebook_timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            print(f"  {nb.stem} seed {seed}: no end after {notebook_timeout} s "
+                  f"(attempt {attempt} of 2)", flush=True)
+            continue
+        err = ""
+        if proc.returncode != 0:
+            lines = [ln for ln in (stderr or "").strip().splitlines() if ln.strip()]
+            err = " | ".join(lines[-3:])[-400:] or f"exit {proc.returncode}"
+        return nb.stem, seed, time.time() - t0, err
+    return nb.stem, seed, time.time() - t0, f"timed out twice ({notebook_timeout} s each)"
 
 
 def _pretrain(seed: int) -> str:
@@ -126,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated notebook name prefixes (default: every notebook)")
     ap.add_argument("--jobs", type=int, default=2, help="notebooks executed at once")
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per notebook cell")
+    ap.add_argument("--notebook-timeout", type=int, default=1200,
+                    help="seconds per notebook run; a run past it is stopped and retried once")
     ap.add_argument("--book", type=Path, default=BOOK, help="folder of the chapter notebooks")
     ap.add_argument("--logs", type=Path, default=None,
                     help="folder for the per-run claim logs (default: a temporary folder)")
@@ -138,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--seeds: expected comma-separated non-negative integers, got {args.seeds!r}")
     if args.jobs < 1:
         ap.error(f"--jobs: expected a positive integer, got {args.jobs}")
+    if args.timeout < 1 or args.notebook_timeout < 1:
+        ap.error(f"--timeout and --notebook-timeout: expected positive seconds, got "
+                 f"{args.timeout} and {args.notebook_timeout}")
     chapters = [c.strip() for c in args.chapters.split(",") if c.strip()]
     notebooks = _notebooks(chapters, args.book)
     logs = args.logs or Path(tempfile.mkdtemp(prefix="lamini-lite-robustness-"))
@@ -152,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         for s, err in zip(seeds, pool.map(_pretrain, seeds)):
             if err:
                 errors.append(f"pretraining the backbone of seed {s}: {err}")
-        futures = [pool.submit(_execute, nb, s, log, args.timeout) for nb, s, log in runs]
+        futures = [pool.submit(_execute, nb, s, log, args.timeout, args.notebook_timeout)
+                   for nb, s, log in runs]
         for f in futures:
             name, s, secs, err = f.result()
             print(f"  {name} seed {s}: {secs:.0f} s{'  ERROR: ' + err if err else ''}", flush=True)
