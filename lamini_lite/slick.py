@@ -55,7 +55,7 @@ from .lm import STOP, left_pad, newline_token_ids, position_ids
 from .profiles import register_sizes
 
 __all__ = ["CATEGORIES", "SliCKProtocol", "SliCKResult", "category", "categories_from_probs",
-           "build_prompts", "categorize", "decode_answers", "chance_rates",
+           "build_prompts", "categorize", "decode_answers", "chance_rates", "chance_terms",
            "corrected_categories"]
 
 CATEGORIES: tuple[str, ...] = ("HighlyKnown", "MaybeKnown", "WeaklyKnown", "Unknown")
@@ -597,18 +597,15 @@ def categorize(model, tokenizer, facts: Sequence[Fact], protocol: SliCKProtocol 
 
 # --------------------------------------------------------------------------- lucky guesses
 
-def chance_rates(result: SliCKResult) -> dict[str, float]:
-    """Per relation, the probability that a sampled answer is right *by chance*.
+def chance_terms(result: SliCKResult) -> dict[str, np.ndarray]:
+    """Per relation, each fact's term of :func:`chance_rates`.
 
-    Estimated as the rate at which the model's sampled answers to the
-    relation's questions would be correct for a randomly chosen fact of the
-    same relation: sum over answers a of P(model says a) * P(random fact's
-    answer is a). With few possible answers (e.g. 10 countries) this is large,
-    and a model that knows nothing still gets samples right.
+    The term of fact i is the share of the relation's sampled answers that
+    would be right for fact i; their mean over the relation's facts is the
+    chance rate, and resampling them (over facts) gives its interval.
     """
-    out: dict[str, float] = {}
-    rels = sorted({f.relation for f in result.facts})
-    for rel in rels:
+    out: dict[str, np.ndarray] = {}
+    for rel in sorted({f.relation for f in result.facts}):
         idx = [i for i, f in enumerate(result.facts) if f.relation == rel]
         said: dict[str, int] = {}
         for i in idx:
@@ -617,15 +614,25 @@ def chance_rates(result: SliCKResult) -> dict[str, float]:
                     k = normalize_answer(a)
                     said[k] = said.get(k, 0) + 1
         total = sum(said.values())
-        if total == 0:
-            out[rel] = 0.0
-            continue
-        rate = 0.0
+        terms = []
         for i in idx:
             ok = {normalize_answer(a) for a in result.facts[i].aliases}
-            rate += sum(c for a, c in said.items() if a in ok) / total
-        out[rel] = rate / len(idx)
+            terms.append(sum(c for a, c in said.items() if a in ok) / total if total else 0.0)
+        out[rel] = np.array(terms, dtype=float)
     return out
+
+
+def chance_rates(result: SliCKResult) -> dict[str, float]:
+    """Per relation, the probability that a sampled answer is right *by chance*.
+
+    Estimated as the rate at which the model's sampled answers to the
+    relation's questions would be correct for a randomly chosen fact of the
+    same relation: sum over answers a of P(model says a) * P(random fact's
+    answer is a) -- the mean of :func:`chance_terms`. With few possible answers
+    (e.g. 10 countries) this is large, and a model that knows nothing still gets
+    samples right.
+    """
+    return {rel: sum(terms.tolist()) / len(terms) for rel, terms in chance_terms(result).items()}
 
 
 def _binom_sf(k: int, n: int, p: float) -> float:

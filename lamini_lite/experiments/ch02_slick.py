@@ -24,8 +24,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ..claims import Claim
-from ..facts import normalize_answer
-from ..slick import CATEGORIES, SliCKResult, categories_from_probs
+from ..slick import CATEGORIES, SliCKResult, categories_from_probs, chance_terms
 from ..stats import Interval, bootstrap_interval, wilson_interval
 
 __all__ = ["EVERY_CATEGORY", "MAYBE_KNOWN_NOT_THIN", "CONTINENT_OVER_US_STATE",
@@ -279,31 +278,6 @@ def flip_share(a: Sequence[str], b: Sequence[str]) -> Interval:
         raise ValueError(f"a and b must give one category per fact, got {x.shape} "
                          f"and {y.shape}")
     return wilson_interval(int((x != y).sum()), len(x)).scaled(100)
-
-
-def chance_terms(result: SliCKResult) -> dict[str, np.ndarray]:
-    """Per relation, each fact's term of :func:`lamini_lite.slick.chance_rates`.
-
-    The term of fact i is the share of the relation's sampled answers that
-    would be right for fact i; their mean over the relation's facts is the
-    chance rate, and resampling them (over facts) gives its interval.
-    """
-    out: dict[str, np.ndarray] = {}
-    for rel in sorted({f.relation for f in result.facts}):
-        idx = [i for i, f in enumerate(result.facts) if f.relation == rel]
-        said: dict[str, int] = {}
-        for i in idx:
-            for row in result.samples[i]:
-                for a in row:
-                    k = normalize_answer(a)
-                    said[k] = said.get(k, 0) + 1
-        total = sum(said.values())
-        terms = []
-        for i in idx:
-            ok = {normalize_answer(a) for a in result.facts[i].aliases}
-            terms.append(sum(c for a, c in said.items() if a in ok) / total if total else 0.0)
-        out[rel] = np.array(terms, dtype=float)
-    return out
 
 
 def chance_interval(result: SliCKResult, relation: str, *, seed: int = 0) -> Interval:
