@@ -72,7 +72,7 @@ unit:
 notebooks-ci:
 	@$(PY) -c "import triton" 2>/dev/null || echo "Triton is not installed (it has Linux wheels only): skipping chapter 6's notebook"
 	@echo "building shared ci-profile artifacts first (synthetic backbone), so parallel notebooks reuse them"
-	LAMINI_LITE_PROFILE=ci $(PY) -c "from lamini_lite.pretrain import load_backbone; load_backbone(seed=0, progress=False)"
+	LAMINI_LITE_PROFILE=ci $(PY) -c "from lamini_lite.experiments.common import load_backbone; load_backbone(seed=0, progress=False)"
 	LAMINI_LITE_PROFILE=ci LAMINI_LITE_NO_NETWORK=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
 	  $(PY) -m pytest --nbval-lax -p no:cacheprovider -n 2 --dist loadfile -q --durations=0 $(NOTEBOOKS_CI)
 

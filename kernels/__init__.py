@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import torch
 
-from lamini_lite.profiles import register_sizes
-
 from .reference import (
     check_lookup_inputs,
     lookup_forward_reference,
@@ -55,16 +53,6 @@ __all__ = [
     "weights_grad_reference",
 ]
 
-# Sizes for the chapter on these kernels (book/06): the interpreter runs one
-# program per (query, column block) at ~3 ms each, so the checks stay small.
-register_sizes(
-    "kernels",
-    ci=dict(n_rows=64, D=48, K=8, n_tokens=12, hot_rows=3, sum_terms=2000, sum_orders=20),
-    book=dict(n_rows=256, D=96, K=16, n_tokens=32, hot_rows=4, sum_terms=20000,
-              sum_orders=50),
-    full=dict(n_rows=1024, D=200, K=32, n_tokens=64, hot_rows=8, sum_terms=200000,
-              sum_orders=100),
-)
 
 BACKENDS = ("auto", "triton", "reference")
 BACKWARD_ALGORITHMS = ("deterministic", "atomic")

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from tqdm.auto import tqdm
 
-from .profiles import register_sizes
+from .models import count_parameters
 
 __all__ = [
     "SECONDS_PER_HOUR", "SECONDS_PER_DAY", "JOULES_PER_KWH",
@@ -57,23 +57,6 @@ __all__ = [
 SECONDS_PER_HOUR = 3600.0
 SECONDS_PER_DAY = 86400.0
 JOULES_PER_KWH = 3.6e6
-
-register_sizes(
-    "cost",
-    # matmul_n: side of the square matmul that measures the CPU's peak FLOP/s;
-    # smol_* / tiny_*: batch x seq and number of timed steps of each calibration run;
-    # job_facts / tiny_job_facts: random facts (one sequence each, same batch x seq as
-    # the calibration) of the memorization jobs whose time is predicted, then measured.
-    ci=dict(matmul_n=1024, smol_batch=4, smol_seq=32, smol_steps=2, job_facts=4,
-            job_epochs=2, tiny_vocab=1024, tiny_batch=16, tiny_seq=32, tiny_steps=4,
-            tiny_job_facts=32, tiny_job_epochs=2),
-    book=dict(matmul_n=2048, smol_batch=4, smol_seq=32, smol_steps=3, job_facts=8,
-              job_epochs=2, tiny_vocab=1024, tiny_batch=16, tiny_seq=64, tiny_steps=8,
-              tiny_job_facts=64, tiny_job_epochs=4),
-    full=dict(matmul_n=4096, smol_batch=16, smol_seq=64, smol_steps=10, job_facts=64,
-              job_epochs=10, tiny_vocab=1024, tiny_batch=32, tiny_seq=128, tiny_steps=30,
-              tiny_job_facts=512, tiny_job_epochs=20),
-)
 
 
 # ---------------------------------------------------------------------------
@@ -611,7 +594,6 @@ def train_top_layers_only(model: torch.nn.Module, n_layers: int = 1) -> float:
     if isinstance(n_layers, bool) or not isinstance(n_layers, int) \
             or not 1 <= n_layers <= len(layers):
         raise ValueError(f"n_layers must be an int in [1, {len(layers)}], got {n_layers!r}")
-    from .models import count_parameters
     for p in model.parameters():
         p.requires_grad_(False)
     top = list(layers)[-n_layers:]
@@ -682,7 +664,6 @@ def measure_training_run(model: torch.nn.Module, batches: Sequence[torch.Tensor]
     median = statistics.median(step_s)
     seconds = sum(step_s) if timing == "total" else median * n_steps
     model.eval()
-    from .models import count_parameters  # local: models imports transformers
     total = count_parameters(model)
     trained = count_parameters(model, trainable_only=True)
     tokens = epochs * sum(int(b.numel()) for b in batches)

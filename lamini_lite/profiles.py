@@ -3,9 +3,10 @@
 Every chapter asks :func:`sizes` for its numbers instead of branching on the
 profile name::
 
+    from lamini_lite.experiments import ch02_slick   # registers the sections it uses
     from lamini_lite.profiles import sizes
-    S = sizes("slick")          # the active profile's sizes for lamini_lite.slick
-    S.n_facts, S.n_prompts      # attribute access
+    S = sizes("slick")          # the active profile's sizes of the SliCK probe
+    S.per_relation, S.exemplar_sets   # attribute access
     dict(S)                     # or a plain dict
 
 The active profile comes from the environment variable ``LAMINI_LITE_PROFILE``:
@@ -15,13 +16,14 @@ The active profile comes from the environment variable ``LAMINI_LITE_PROFILE``:
   a few minutes per notebook on a 2-core CPU;
 * ``full`` -- as close to the papers' scale as a CPU allows (hours).
 
-Each module registers its own table next to the code that uses it, with
-:func:`register_sizes`, so a reader finds a chapter's numbers where they act.
+The book's experiment modules (:mod:`lamini_lite.experiments`, one per chapter)
+register their tables with :func:`register_sizes`, next to the studies that use
+them; the library itself never reads a profile, so a reader who reuses it passes
+every size explicitly.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -117,18 +119,15 @@ def registered_sections() -> list[str]:
 def sizes(section: str, profile: str | None = None) -> Sizes:
     """Sizes of ``section`` in ``profile`` (default: the active profile).
 
-    ``section`` is usually the name of the ``lamini_lite`` module that uses the
-    sizes; that module is imported on demand so its table is registered.
+    Sections are registered by the experiment module that uses them (importing
+    ``lamini_lite.experiments.chNN_...`` registers its chapter's sections and the
+    shared ones of :mod:`lamini_lite.experiments.common`).
     """
     profile = check_profile(profile) if profile is not None else active_profile()
     if section not in _REGISTRY:
-        try:
-            importlib.import_module(f"lamini_lite.{section}")
-        except ModuleNotFoundError:
-            pass
-    if section not in _REGISTRY:
         raise KeyError(
-            f"no sizes registered for section {section!r}; "
-            f"registered sections: {registered_sections()}"
+            f"no sizes registered for section {section!r}; registered sections: "
+            f"{registered_sections()} (a chapter's module in lamini_lite.experiments "
+            f"registers its sections when imported)"
         )
     return Sizes(section, profile, _REGISTRY[section][profile])

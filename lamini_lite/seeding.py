@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
+from typing import Any
 
 import numpy as np
 import torch
@@ -73,3 +75,10 @@ def run_seeds(seeds: list[int], run: int | None = None) -> list[int]:
     if any(not isinstance(s, int) or s < 0 or s >= 100 for s in seeds):
         raise ValueError(f"seeds must be ints in [0, 100), got {seeds!r}")
     return [s + 100 * run for s in seeds]
+
+
+def stable_int(*parts: Any) -> int:
+    """A 63-bit seed from ``parts``, the same on every machine and Python run
+    (unlike ``hash``): ``numpy.random.default_rng(stable_int("pick", seed, key))``."""
+    digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)

@@ -39,7 +39,6 @@ Decoding stops at the end of the answer line.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -52,28 +51,13 @@ from tqdm.auto import tqdm
 from .cache import cached, fingerprint
 from .facts import Fact, FactError, normalize_answer, qa_prompt
 from .lm import STOP, left_pad, newline_token_ids, position_ids
-from .profiles import register_sizes
+from .seeding import stable_int
 
 __all__ = ["CATEGORIES", "SliCKProtocol", "SliCKResult", "category", "categories_from_probs",
            "build_prompts", "categorize", "decode_answers", "chance_rates", "chance_terms",
-           "corrected_categories"]
+           "corrected_categories", "answer_text", "answer_stop_ids"]
 
 CATEGORIES: tuple[str, ...] = ("HighlyKnown", "MaybeKnown", "WeaklyKnown", "Unknown")
-
-# Sizes for the chapter (book/02_slick_knowledge_categories.ipynb) and the benchmark.
-register_sizes(
-    "slick",
-    # ci: n_synthetic_facts as in the book, so that the rank correlation and AUC of
-    # chapter 2 have intervals narrow enough to test (the tiny backbone runs it in
-    # seconds); n_template_facts small, since the probe comparison (two reruns of these
-    # facts on SmolLM2) carries no claim
-    ci=dict(per_relation=12, exemplar_sets=20, n_template_facts=16, n_synthetic_facts=400,
-            bench_facts=2),
-    book=dict(per_relation=300, exemplar_sets=50, n_template_facts=160, n_synthetic_facts=400,
-              bench_facts=4),
-    full=dict(per_relation=2000, exemplar_sets=200, n_template_facts=1000,
-              n_synthetic_facts=2000, bench_facts=10),
-)
 
 
 @dataclass(frozen=True)
@@ -109,7 +93,8 @@ class SliCKProtocol:
             raise ValueError(f"SliCKProtocol.exemplar_sets must be None or an int >= n_prompts "
                              f"({self.n_prompts}), got {self.exemplar_sets!r}")
         if self.max_new_tokens < 1:
-            raise ValueError(f"SliCKProtocol.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+            raise ValueError(f"SliCKProtocol.max_new_tokens must be >= 1, "
+                             f"got {self.max_new_tokens}")
         if self.top_k < 1:
             raise ValueError(f"SliCKProtocol.top_k must be >= 1, got {self.top_k}")
         if self.n_samples > 0 and not (isinstance(self.temperature, (int, float))
@@ -157,10 +142,6 @@ def categories_from_probs(p_greedy: Sequence[float], p_sample: Sequence[float]) 
 
 # --------------------------------------------------------------------------- prompts
 
-def _stable_int(*parts: Any) -> int:
-    digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
 
 def _check_facts(facts: Sequence[Fact], name: str = "facts") -> list[Fact]:
     if isinstance(facts, Fact):
@@ -182,6 +163,83 @@ def _same(a: Fact, b: Fact) -> bool:
 
 def _question(fact: Fact, template: str | None) -> str:
     return fact.question if template is None else template.format(subject=fact.subject)
+
+
+# A prompt's exemplars and question wording (None: Fact.question verbatim).
+_Row = tuple[list[Fact], str | None]
+# A shared exemplar set: n_shots exemplars, a spare (stands in for the fact asked), a wording.
+_SharedSet = tuple[list[Fact], Fact | None, str | None]
+
+
+def _pick_template(templates: Mapping[str, tuple[str, ...]] | None, rel: str,
+                   rng: np.random.Generator) -> str | None:
+    """A random wording of relation ``rel``'s question (one draw from ``rng``); None if no
+    templates (no draw)."""
+    if templates is None:
+        return None
+    if rel not in templates:
+        raise FactError(f"question_templates has no entry for relation {rel!r}; "
+                        f"relations with templates: {sorted(templates)}")
+    ts = templates[rel]
+    return ts[int(rng.integers(len(ts)))]
+
+
+def _draw_shared_sets(cands: list[Fact], rel: str, protocol: SliCKProtocol,
+                      seed: int) -> list[_SharedSet]:
+    """Relation ``rel``'s ``exemplar_sets`` shared sets: n_shots exemplars + a spare each."""
+    k = protocol.n_shots
+    rng = np.random.default_rng(stable_int("shared", seed, rel))
+    sets = []
+    for _ in range(protocol.exemplar_sets):
+        idx = rng.choice(len(cands), size=min(k + 1, len(cands)), replace=False)
+        chosen = [cands[i] for i in idx]
+        sets.append((chosen[:k], chosen[k] if len(chosen) > k else None,
+                     _pick_template(protocol.question_templates, rel, rng)))
+    return sets
+
+
+def _shared_rows(f: Fact, cands: list[Fact], protocol: SliCKProtocol, seed: int,
+                 shared: dict[str, list[_SharedSet]]) -> list[_Row]:
+    """Fact ``f``'s prompts picked among its relation's shared sets (drawn on first use into
+    ``shared``); an exemplar that is ``f`` itself is replaced by the set's spare."""
+    k = protocol.n_shots
+    if len(cands) < k + 1 and k > 0:
+        raise FactError(f"relation {f.relation!r} has {len(cands)} exemplar facts; "
+                        f"exemplar_sets with n_shots={k} needs at least {k + 1}")
+    if f.relation not in shared:
+        shared[f.relation] = _draw_shared_sets(cands, f.relation, protocol, seed)
+    rng = np.random.default_rng(stable_int("pick", seed, f.key))
+    picks = rng.choice(protocol.exemplar_sets, size=protocol.n_prompts, replace=False)
+    rows = []
+    for p in picks:
+        chosen, spare, tmpl = shared[f.relation][int(p)]
+        rows.append(([spare if _same(c, f) else c for c in chosen], tmpl))
+    return rows
+
+
+def _fresh_rows(f: Fact, cands: list[Fact], protocol: SliCKProtocol, seed: int) -> list[_Row]:
+    """Fact ``f``'s prompts with exemplars drawn for it alone (the paper's protocol)."""
+    k = protocol.n_shots
+    others = [c for c in cands if not _same(c, f)]
+    if len(others) < k:
+        raise FactError(f"relation {f.relation!r} has {len(others)} exemplar facts "
+                        f"besides {f.subject!r}; n_shots={k} needs at least {k}")
+    rng = np.random.default_rng(stable_int("fact", seed, f.key))
+    rows = []
+    for _ in range(protocol.n_prompts):
+        idx = rng.choice(len(others), size=k, replace=False) if k else []
+        rows.append(([others[i] for i in idx], _pick_template(protocol.question_templates,
+                                                              f.relation, rng)))
+    return rows
+
+
+def _split_prompt(f: Fact, ex: list[Fact], tmpl: str | None) -> tuple[str, str]:
+    """One prompt of ``f`` as its (exemplar block, question part) pair."""
+    q = _question(f, tmpl)
+    full = qa_prompt(q, [(_question(e, tmpl), e.object) for e in ex])
+    tail = qa_prompt(q)
+    assert full.endswith(tail)
+    return full[: len(full) - len(tail)], tail
 
 
 def build_prompts(facts: Sequence[Fact], protocol: SliCKProtocol | None = None, *,
@@ -206,75 +264,124 @@ def build_prompts(facts: Sequence[Fact], protocol: SliCKProtocol | None = None, 
     by_rel: dict[str, list[Fact]] = {}
     for f in pool:
         by_rel.setdefault(f.relation, []).append(f)
-    k = protocol.n_shots
-    templates = protocol.question_templates
-
-    def template_for(rel: str, rng: np.random.Generator) -> str | None:
-        if templates is None:
-            return None
-        if rel not in templates:
-            raise FactError(f"question_templates has no entry for relation {rel!r}; "
-                            f"relations with templates: {sorted(templates)}")
-        ts = templates[rel]
-        return ts[int(rng.integers(len(ts)))]
-
-    # Shared sets: per relation, exemplar_sets sets of k plus one spare (the
-    # spare replaces an exemplar that is the very fact being asked).
-    shared: dict[str, list[tuple[list[Fact], Fact | None, str | None]]] = {}
+    shared: dict[str, list[_SharedSet]] = {}  # relation -> its shared sets, once drawn
     out: list[list[tuple[str, str]]] = []
     for f in facts:
         cands = by_rel.get(f.relation, [])
         if protocol.exemplar_sets is not None:
-            if len(cands) < k + 1 and k > 0:
-                raise FactError(f"relation {f.relation!r} has {len(cands)} exemplar facts; "
-                                f"exemplar_sets with n_shots={k} needs at least {k + 1}")
-            if f.relation not in shared:
-                rng = np.random.default_rng(_stable_int("shared", seed, f.relation))
-                sets = []
-                for _ in range(protocol.exemplar_sets):
-                    idx = rng.choice(len(cands), size=min(k + 1, len(cands)), replace=False)
-                    chosen = [cands[i] for i in idx]
-                    sets.append((chosen[:k], chosen[k] if len(chosen) > k else None,
-                                 template_for(f.relation, rng)))
-                shared[f.relation] = sets
-            rng = np.random.default_rng(_stable_int("pick", seed, f.key))
-            picks = rng.choice(protocol.exemplar_sets, size=protocol.n_prompts, replace=False)
-            rows = []
-            for p in picks:
-                chosen, spare, tmpl = shared[f.relation][int(p)]
-                rows.append(([spare if _same(c, f) else c for c in chosen], tmpl))
+            rows = _shared_rows(f, cands, protocol, seed, shared)
         else:
-            others = [c for c in cands if not _same(c, f)]
-            if len(others) < k:
-                raise FactError(f"relation {f.relation!r} has {len(others)} exemplar facts "
-                                f"besides {f.subject!r}; n_shots={k} needs at least {k}")
-            rng = np.random.default_rng(_stable_int("fact", seed, f.key))
-            rows = []
-            for _ in range(protocol.n_prompts):
-                idx = rng.choice(len(others), size=k, replace=False) if k else []
-                rows.append(([others[i] for i in idx], template_for(f.relation, rng)))
-        prompts = []
-        for ex, tmpl in rows:
-            q = _question(f, tmpl)
-            full = qa_prompt(q, [(_question(e, tmpl), e.object) for e in ex])
-            tail = qa_prompt(q)
-            assert full.endswith(tail)
-            prompts.append((full[: len(full) - len(tail)], tail))
-        out.append(prompts)
+            rows = _fresh_rows(f, cands, protocol, seed)
+        out.append([_split_prompt(f, ex, tmpl) for ex, tmpl in rows])
     return out
 
 
 # --------------------------------------------------------------------------- decoding
 
-def _stop_ids(tokenizer) -> torch.Tensor:
+def answer_stop_ids(tokenizer) -> torch.Tensor:
+    """Token ids that end an answer line: the newline tokens and EOS."""
     ids = set(newline_token_ids(tokenizer))
     if tokenizer.eos_token_id is not None:
         ids.add(int(tokenizer.eos_token_id))
     return torch.tensor(sorted(ids), dtype=torch.long)
 
 
-def _answer_text(tokenizer, tokens: list[int]) -> str:
+def answer_text(tokenizer, tokens: list[int]) -> str:
+    """The answer line of generated ``tokens``: decoded, cut at the first newline, stripped."""
     return tokenizer.decode(tokens, skip_special_tokens=True).split(STOP, 1)[0].strip()
+
+
+def _common_prefix_len(seqs: list[list[int]]) -> int:
+    """Length of the prefix all ``seqs`` share, leaving at least one token of the shortest."""
+    first, m = seqs[0], min(len(s) for s in seqs) - 1
+    lcp = 0
+    while lcp < m and all(s[lcp] == first[lcp] for s in seqs):
+        lcp += 1
+    return lcp
+
+
+def _join_shared_question_tokens(prefixes: list[tuple[int, ...]], suffixes: list[list[int]]
+                                 ) -> tuple[list[tuple[int, ...]], list[list[int]]]:
+    """Move the question tokens that prompts with the same block share (e.g. "Q: What is the
+    capital of") into the block, so that they run once too; returns new lists."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for n, p in enumerate(prefixes):
+        groups.setdefault(p, []).append(n)
+    prefixes, suffixes = list(prefixes), list(suffixes)
+    for p, members in groups.items():
+        if len(members) < 2:
+            continue
+        lcp = _common_prefix_len([suffixes[n] for n in members])
+        for n in members:
+            prefixes[n], suffixes[n] = p + tuple(suffixes[n][:lcp]), suffixes[n][lcp:]
+    return prefixes, suffixes
+
+
+@torch.no_grad()
+def _prefill(model, prefixes: list[tuple[int, ...]], suffixes: list[list[int]], pad: int):
+    """Run each distinct block once, then each question part on a copy of its block's cache;
+    returns (KV cache, last logits (B, V) float32, attention mask), one row per prompt."""
+    uniq: dict[tuple[int, ...], int] = {}
+    which = [uniq.setdefault(p, len(uniq)) for p in prefixes]
+    p_ids, p_mask = left_pad(list(uniq), pad)
+    out = model(input_ids=p_ids, attention_mask=p_mask,
+                position_ids=position_ids(p_mask), use_cache=True,
+                logits_to_keep=1)
+    past = out.past_key_values
+    sel = torch.tensor(which, dtype=torch.long)
+    past.reorder_cache(sel)
+    s_ids, s_mask = left_pad(suffixes, pad)
+    mask = torch.cat([p_mask[sel], s_mask], dim=1)
+    pos = position_ids(mask)[:, -s_ids.shape[1]:]
+    out = model(input_ids=s_ids, attention_mask=mask, position_ids=pos, past_key_values=past,
+                use_cache=True, logits_to_keep=1)
+    return out.past_key_values, out.logits[:, -1, :].float(), mask
+
+
+def _sample_from_top_k(logits: torch.Tensor, nodes: torch.Tensor, u: torch.Tensor,
+                       protocol: SliCKProtocol) -> torch.Tensor:
+    """Inverse-CDF draws, with uniforms ``u``, from softmax(top-k logits / temperature) of
+    each row's node (``nodes``); returns the drawn token ids."""
+    k = min(protocol.top_k, logits.shape[-1])
+    top_v, top_i = logits.topk(k, dim=-1)  # (nodes, k)
+    cdf = torch.softmax(top_v.double() / protocol.temperature, dim=-1).cumsum(-1)
+    c = cdf[nodes]
+    j = torch.searchsorted(c, (u * c[:, -1])[:, None]).squeeze(-1).clamp(max=k - 1)
+    return top_i[nodes, j]
+
+
+def _next_tokens(logits: torch.Tensor, row_node: torch.Tensor, uniforms: torch.Tensor, t: int,
+                 protocol: SliCKProtocol) -> torch.Tensor:
+    """Step ``t``'s token of every row (prompt b's rows: b*R greedy, b*R+1.. samples)."""
+    R = 1 + protocol.n_samples
+    n_rows = row_node.shape[0]
+    is_greedy = torch.arange(n_rows) % R == 0
+    nxt = torch.empty(n_rows, dtype=torch.long)
+    nxt[is_greedy] = logits.argmax(-1)[row_node[is_greedy]]
+    if protocol.n_samples:
+        samp_rows = (~is_greedy).nonzero().squeeze(-1)
+        u = uniforms[samp_rows // R, (samp_rows % R) - 1, t]
+        nxt[samp_rows] = _sample_from_top_k(logits, row_node[samp_rows], u, protocol)
+    return nxt
+
+
+@torch.no_grad()
+def _grow_tree(model, past, mask: torch.Tensor, vocab: int, row_node: torch.Tensor,
+               alive: torch.Tensor, nxt: torch.Tensor):
+    """Run each distinct (node, token) pair of the live rows once, as the new nodes; returns
+    (KV cache, logits, mask, each row's new node -- 0, a dummy, for finished rows)."""
+    live = alive.nonzero().squeeze(-1)
+    keys = row_node[live] * vocab + nxt[live]
+    uniq_keys, inv = torch.unique(keys, return_inverse=True)
+    parent = uniq_keys // vocab
+    past.reorder_cache(parent)
+    mask = torch.cat([mask[parent], torch.ones(len(parent), 1, dtype=mask.dtype)], dim=1)
+    out = model(input_ids=(uniq_keys % vocab)[:, None], attention_mask=mask,
+                position_ids=mask.sum(-1, keepdim=True) - 1, past_key_values=past,
+                use_cache=True)
+    new_node = torch.zeros_like(row_node)
+    new_node[live] = inv
+    return out.past_key_values, out.logits[:, -1, :].float(), mask, new_node
 
 
 @torch.no_grad()
@@ -286,79 +393,24 @@ def _decode_chunk(model, prefixes: list[tuple[int, ...]], suffixes: list[list[in
     ``uniforms``: (B, n_samples, max_new_tokens) float64 in [0, 1), the random
     numbers each sample row uses at each step (inverse-CDF sampling).
     """
-    B, S, T = len(suffixes), protocol.n_samples, protocol.max_new_tokens
-    R = 1 + S  # rows per prompt: 0 = greedy, 1.. = samples
-    # 0) prompts with the same block: the tokens their question parts share
-    #    (e.g. "Q: What is the capital of") join the block, to run once too
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for n, p in enumerate(prefixes):
-        groups.setdefault(p, []).append(n)
-    prefixes, suffixes = list(prefixes), list(suffixes)
-    for p, members in groups.items():
-        if len(members) < 2:
-            continue
-        first, m = suffixes[members[0]], min(len(suffixes[n]) for n in members) - 1
-        lcp = 0
-        while lcp < m and all(suffixes[n][lcp] == first[lcp] for n in members):
-            lcp += 1
-        for n in members:
-            prefixes[n], suffixes[n] = p + tuple(suffixes[n][:lcp]), suffixes[n][lcp:]
-    # 1) each distinct exemplar block once
-    uniq: dict[tuple[int, ...], int] = {}
-    which = [uniq.setdefault(p, len(uniq)) for p in prefixes]
-    p_ids, p_mask = left_pad(list(uniq), pad)
-    out = model(input_ids=p_ids, attention_mask=p_mask,
-                position_ids=position_ids(p_mask), use_cache=True,
-                logits_to_keep=1)
-    past = out.past_key_values
-    # 2) each prompt's question part, on a copy of its block's cache
-    sel = torch.tensor(which, dtype=torch.long)
-    past.reorder_cache(sel)
-    s_ids, s_mask = left_pad(suffixes, pad)
-    mask = torch.cat([p_mask[sel], s_mask], dim=1)
-    pos = position_ids(mask)[:, -s_ids.shape[1]:]
-    out = model(input_ids=s_ids, attention_mask=mask, position_ids=pos, past_key_values=past,
-                use_cache=True, logits_to_keep=1)
-    past, logits = out.past_key_values, out.logits[:, -1, :].float()  # (nodes, V)
-    # 3) the answers, as a tree of distinct partial answers ("nodes")
-    V = logits.shape[-1]
+    B, T = len(suffixes), protocol.max_new_tokens
+    R = 1 + protocol.n_samples  # rows per prompt: 0 = greedy, 1.. = samples
+    prefixes, suffixes = _join_shared_question_tokens(prefixes, suffixes)
+    past, logits, mask = _prefill(model, prefixes, suffixes, pad)
+    # the answers, as a tree of distinct partial answers ("nodes"): rows on the same
+    # node share its next-token distribution, so the model runs once per node
     row_node = torch.arange(B).repeat_interleave(R)  # (B*R,) node each row sits on
-    row_prompt = row_node.clone()
-    is_greedy = torch.arange(B * R) % R == 0
-    samp_rows = (~is_greedy).nonzero().squeeze(-1)
     alive = torch.ones(B * R, dtype=torch.bool)
     tokens: list[list[int]] = [[] for _ in range(B * R)]
-    k = min(protocol.top_k, V)
     for t in range(T):
-        nxt = torch.empty(B * R, dtype=torch.long)
-        nxt[is_greedy] = logits.argmax(-1)[row_node[is_greedy]]
-        if S:
-            top_v, top_i = logits.topk(k, dim=-1)  # (nodes, k)
-            cdf = torch.softmax(top_v.double() / protocol.temperature, dim=-1).cumsum(-1)
-            nodes = row_node[samp_rows]
-            u = uniforms[row_prompt[samp_rows], (samp_rows % R) - 1, t]
-            c = cdf[nodes]
-            j = torch.searchsorted(c, (u * c[:, -1])[:, None]).squeeze(-1).clamp(max=k - 1)
-            nxt[samp_rows] = top_i[nodes, j]
+        nxt = _next_tokens(logits, row_node, uniforms, t, protocol)
         for r in alive.nonzero().squeeze(-1).tolist():
             tokens[r].append(int(nxt[r]))
         alive &= ~torch.isin(nxt, stop_ids)
         if t == T - 1 or not bool(alive.any()):
             break
-        # distinct (node, token) pairs of the rows still going become the new nodes
-        live = alive.nonzero().squeeze(-1)
-        keys = row_node[live] * V + nxt[live]
-        uniq_keys, inv = torch.unique(keys, return_inverse=True)
-        parent = uniq_keys // V
-        past.reorder_cache(parent)
-        mask = torch.cat([mask[parent], torch.ones(len(parent), 1, dtype=mask.dtype)], dim=1)
-        out = model(input_ids=(uniq_keys % V)[:, None], attention_mask=mask,
-                    position_ids=mask.sum(-1, keepdim=True) - 1, past_key_values=past,
-                    use_cache=True)
-        past, logits = out.past_key_values, out.logits[:, -1, :].float()
-        row_node = torch.zeros_like(row_node)
-        row_node[live] = inv
-        # finished rows keep a dummy node (0); they are never read again
+        past, logits, mask, row_node = _grow_tree(model, past, mask, logits.shape[-1],
+                                                  row_node, alive, nxt)
     return [[tokens[b * R + r] for r in range(R)] for b in range(B)]
 
 
@@ -381,7 +433,7 @@ def decode_answers(model, tokenizer, prompts: Sequence[Sequence[tuple[str, str]]
     if len(keys) != len(prompts):
         raise ValueError(f"keys must have one entry per fact: {len(keys)} != {len(prompts)}")
     P, S, T = protocol.n_prompts, protocol.n_samples, protocol.max_new_tokens
-    stop_ids = _stop_ids(tokenizer)
+    stop_ids = answer_stop_ids(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     flat = []  # (fact, prompt, prefix ids, suffix ids)
     for i, fp in enumerate(prompts):
@@ -409,7 +461,7 @@ def decode_answers(model, tokenizer, prompts: Sequence[Sequence[tuple[str, str]]
             for n, fl in enumerate(idx):
                 i, j = flat[fl][0], flat[fl][1]
                 if i not in gens:
-                    g = torch.Generator().manual_seed(_stable_int("samples", seed, keys[i]))
+                    g = torch.Generator().manual_seed(stable_int("samples", seed, keys[i]))
                     gens[i] = torch.rand((P, S, T), generator=g, dtype=torch.float64)
                 uni[n] = gens[i][j]
             res = _decode_chunk(model, [flat[n][2] for n in idx], [flat[n][3] for n in idx],
@@ -421,8 +473,8 @@ def decode_answers(model, tokenizer, prompts: Sequence[Sequence[tuple[str, str]]
     greedy = [[""] * P for _ in prompts]
     samples: list[list[list[str]]] = [[[] for _ in range(P)] for _ in prompts]
     for (i, j, _, _), rows in zip(flat, tokens):
-        greedy[i][j] = _answer_text(tokenizer, rows[0])
-        samples[i][j] = [_answer_text(tokenizer, r) for r in rows[1:]]
+        greedy[i][j] = answer_text(tokenizer, rows[0])
+        samples[i][j] = [answer_text(tokenizer, r) for r in rows[1:]]
     return greedy, samples
 
 
@@ -481,7 +533,7 @@ class SliCKResult:
 
     def to_frame(self):
         """One row per fact: subject, relation, object, popularity, P(T=0), P(T>0), category."""
-        import pandas as pd
+        import pandas as pd  # lazy: pandas is a notebook extra, not a package dependency
 
         return pd.DataFrame({
             "subject": [f.subject for f in self.facts],
@@ -503,7 +555,7 @@ class SliCKResult:
 
     def fact_detail(self, i: int):
         """Prompt-by-prompt view of fact ``i``: greedy answer, samples, correctness."""
-        import pandas as pd
+        import pandas as pd  # lazy: pandas is a notebook extra, not a package dependency
 
         if not 0 <= i < len(self):
             raise IndexError(f"fact index must be in [0, {len(self)}), got {i}")
@@ -518,7 +570,8 @@ class SliCKResult:
         idx = [int(i) for i in indices]
         bad = [i for i in idx if not 0 <= i < len(self)]
         if bad or not idx:
-            raise IndexError(f"indices must be a non-empty list in [0, {len(self)}), got {bad or idx}")
+            raise IndexError(f"indices must be a non-empty list in [0, {len(self)}), "
+                             f"got {bad or idx}")
         return SliCKResult([self.facts[i] for i in idx], self.protocol, self.seed,
                            [self.prompts[i] for i in idx], [self.greedy[i] for i in idx],
                            [self.samples[i] for i in idx])

@@ -12,6 +12,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers  # noqa: E402
+from transformers import PreTrainedTokenizerFast  # noqa: E402
+
 from lamini_lite import netguard  # noqa: E402
 
 # Any connection other than loopback fails loudly for the whole run.
@@ -49,3 +52,25 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+# The toy word-level vocabulary of the QA tests: "Q: what n3 likes ?\nA: w9 w4".
+WORDS = ["Q:", "A:", "who", "likes", "what", "?"] + [f"n{i}" for i in range(8)] + \
+        [f"w{i}" for i in range(12)]
+
+
+def toy_tokenizer(words=WORDS):
+    """A word-level tokenizer over ``words``: split on spaces, newline is its own token.
+
+    Shared by the test modules (``from conftest import toy_tokenizer``); no download.
+    """
+    vocab = {"<pad>": 0, "<unk>": 1, "\n": 2}
+    for w in words:
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(" "), behavior="removed"),
+        pre_tokenizers.Split(Regex("\n"), behavior="isolated")])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>")
+    fast.padding_side = "left"
+    return fast

@@ -240,9 +240,3 @@ def test_train_top_layers_only():
         cost.train_top_layers_only(model, 5)
 
 
-def test_sizes_registered():
-    from lamini_lite.profiles import sizes
-
-    for profile in ("ci", "book", "full"):
-        s = sizes("cost", profile)
-        assert s.smol_steps >= 1 and s.job_epochs >= 1

@@ -9,6 +9,8 @@ import pytest
 
 from lamini_lite.claims import registered_claims
 from lamini_lite.experiments import ch04_retrieval as X
+from lamini_lite.facts import Fact
+from lamini_lite.retrieval import RetrievalError, evaluate, make_retrieval_world
 
 
 def _rows(approach, condition, correct, predictions=None, gold_rank=None, facts=None):
@@ -88,3 +90,33 @@ def test_gold_found_and_reader_failures():
                            "retriever miss": [1, 0], "reader abstained": [0, 1]},
                           index=["RAG (BM25)", "RAG (dense)"])
     assert X.reader_failures(counts) == (11, 12)
+
+
+def _cap(country, city):
+    return Fact(country, "capital", city, f"What is the capital of {country}?")
+
+
+@pytest.mark.slow
+def test_memory_tuned_mome_answers_what_it_stored(smollm2, tmp_cache):
+    """MoME memorizes the corpus's facts; questions it did not store are answered as before."""
+    model, tok = smollm2
+    facts = [_cap(f"Land{i}", f"City{i}") for i in range(12)]
+    w = make_retrieval_world(facts, n_ask=3, n_hard=2, random_length=6, seed=1)
+    with pytest.raises(RetrievalError, match="n_hard"):
+        X.evaluate_memory_tuned(w, n_hard=0)
+    cats = {w.ask[0].key: "Unknown"}
+    rows, cost = X.evaluate_memory_tuned(w, n_hard=2, n_shots=2, max_new_tokens=8,
+                                       categories=cats, progress=False)
+    assert cost["recall"] == 1.0 and cost["rows_written"] > 0 and cost["memory_bytes"] > 0
+    assert set(rows["approach"]) == {X.MEMORY_APPROACH}
+    by = rows.groupby("condition")
+    assert by.size().to_dict() == {"standard": 3, "paraphrased": 2, "random answer": 2,
+                                   "not in corpus": 2}
+    assert by["correct"].mean()[["standard", "random answer"]].eq(1.0).all()
+    assert rows["category"].tolist()[:2] == ["Unknown", None]
+    # held-out facts were never stored: the memory stays silent, answers are the base model's
+    held = rows[rows.condition == "not in corpus"]
+    base = evaluate(model, tok, w.held_out, w.pool, n_shots=2, max_new_tokens=8)
+    assert held["prediction"].tolist() == base["prediction"].tolist()
+    again, _ = X.evaluate_memory_tuned(w, n_hard=2, n_shots=2, max_new_tokens=8, progress=False)
+    assert again["prediction"].tolist() == rows["prediction"].tolist()   # cached

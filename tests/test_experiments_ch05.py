@@ -1,13 +1,11 @@
 """Tests of lamini_lite.experiments.ch05_mome: the quantities chapter 5's claims check."""
 
 from __future__ import annotations
-
 import math
-
 import pytest
-
 from lamini_lite.claims import registered_claims
 from lamini_lite.experiments import ch05_mome as X
+
 
 
 def test_claims_are_registered_with_chapter_ids():
@@ -71,3 +69,12 @@ def test_norm_advantage_and_overlap_reduction():
         X.norm_advantage(rows, 2 ** 20)  # batchnorm only at that size
     with pytest.raises(ValueError):
         X.overlap_reduction(rows, norm="none")
+
+
+def test_lookup_scaling_table_and_bad_sizes():
+    rows = X.lookup_scaling([4, 6], tokens=8, hidden=16, heads=2, topk=2, key_dim=8,
+                          written_rows=10, repeats=1)
+    assert [r["experts"] for r in rows] == [16, 64]
+    assert all(r["us_per_token"] > 0 and r["store_mb"] < r["dense_values_mb"] for r in rows)
+    with pytest.raises(ValueError, match="even"):
+        X.lookup_scaling([5], tokens=4, hidden=8, key_dim=8)

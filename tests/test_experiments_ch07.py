@@ -42,3 +42,11 @@ def test_paper_recomputation_claims_hold():
     check(X.FLEET_NEEDS_OVER_180_DAYS, p.days_needed, quiet=True)
     check(X.ELECTRICITY_CHECKS_OUT, X.percent_off(p.recomputed_cost_usd, p.stated_cost_usd),
           quiet=True)
+
+
+def test_sizes_registered():
+    from lamini_lite.profiles import sizes
+
+    for profile in ("ci", "book", "full"):
+        s = sizes("cost", profile)
+        assert s.smol_steps >= 1 and s.job_epochs >= 1

@@ -1,4 +1,4 @@
-"""Tests of lamini_lite.facts_real: the offline EntityQuestions-style fact world."""
+"""Tests of lamini_lite.facts.real: the offline EntityQuestions-style fact world."""
 
 from __future__ import annotations
 
@@ -7,9 +7,15 @@ from collections import defaultdict
 import pytest
 
 from lamini_lite.facts import FactError, normalize_answer, relation_counts
-from lamini_lite.facts_real import (RELATIONS, ambiguous_city_facts, country_aliases,
-                                    drop_report, load_real_facts, relation_pool_sizes,
-                                    split_real_facts)
+from lamini_lite.facts.real import (
+    RELATIONS,
+    ambiguous_city_facts,
+    country_aliases,
+    drop_report,
+    load_real_facts,
+    relation_pool_sizes,
+    split_real_facts,
+)
 
 
 @pytest.fixture(scope="module")

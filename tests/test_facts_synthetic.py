@@ -6,12 +6,20 @@ import numpy as np
 import pytest
 
 from lamini_lite.facts import Fact, qa_prompt
-from lamini_lite.facts_synthetic import (CODE_TOKENS, RELATIONS, SyntheticWorld, WorldConfig,
-                                         build_tokenizer, entity_relation, exposure_counts,
-                                         exposure_distribution, make_world, qa_text,
-                                         random_answer_variants, world_from_sizes)
+from lamini_lite.facts.synthetic import (
+    CODE_TOKENS,
+    RELATIONS,
+    SyntheticWorld,
+    WorldConfig,
+    build_tokenizer,
+    entity_relation,
+    exposure_counts,
+    exposure_distribution,
+    make_world,
+    qa_text,
+    random_answer_variants,
+)
 from lamini_lite.lm import answer_target, encode_qa, newline_token_ids
-from lamini_lite.profiles import sizes
 
 
 @pytest.fixture(scope="module")
@@ -180,13 +188,6 @@ def test_make_world_bad_args():
         make_world(n_people=5, seed=-1)
     with pytest.raises(TypeError, match="unknown WorldConfig fields"):
         make_world(n_peoples=5)
-
-
-def test_sizes_registered_and_world_from_sizes():
-    for profile in ("ci", "book", "full"):
-        assert sizes("facts_synthetic", profile).n_people >= 100
-    w = world_from_sizes("ci", seed=0)
-    assert len(w.people) == sizes("facts_synthetic", "ci").n_people
 
 
 def test_subset_of_relations():

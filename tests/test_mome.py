@@ -132,7 +132,7 @@ def test_memorize_recalls_exactly_and_touches_only_memory(char_tok, monkeypatch)
         calls.append(indices.shape)
         return real(values, indices, weights)
 
-    monkeypatch.setattr(M, "memory_lookup", spy)
+    monkeypatch.setattr(M.layer, "memory_lookup", spy)  # where MemoryLayer looks it up
     model = _model(char_tok)
     backbone = fingerprint(model)
     prompts, answers = _facts()
@@ -250,11 +250,11 @@ def test_memorize_with_match_gate_leaves_other_prompts_exactly(char_tok, tmp_pat
 
 
 def test_eval_helpers_on_a_tiny_model(char_tok):
-    from lamini_lite import mome_eval as E
+    from lamini_lite.experiments import ch05_mome as E
 
-    assert E.unchanged_share(["a", "b"], ["a", "c"]) == 0.5
+    assert E.unchanged_fraction(["a", "b"], ["a", "c"]) == 0.5
     with pytest.raises(ValueError, match="equal length"):
-        E.unchanged_share(["a"], [])
+        E.unchanged_fraction(["a"], [])
     model = _model(char_tok)
     prompts, answers = _facts(3)
     M.add_memory_experts(model, M.MoMEConfig.preset("test", gate="none"), tokenizer=char_tok)
@@ -270,7 +270,7 @@ def test_eval_helpers_on_a_tiny_model(char_tok):
 
 
 def test_subset_and_match_profile(char_tok):
-    from lamini_lite import mome_eval as E
+    from lamini_lite.experiments import ch05_mome as E
 
     data = {"prompts": [f"p{i}" for i in range(6)], "answers": list("abcdef"),
             "kind": ["Unknown fact"] * 2 + ["random code"] * 4}
@@ -295,22 +295,11 @@ def test_subset_and_match_profile(char_tok):
     assert len(prof["unrelated_max"]) == len(prof["known_max"]) == 1
 
 
-def test_lookup_scaling_table_and_bad_sizes():
-    from lamini_lite.bench.mome import lookup_scaling
-
-    rows = lookup_scaling([4, 6], tokens=8, hidden=16, heads=2, topk=2, key_dim=8,
-                          written_rows=10, repeats=1)
-    assert [r["experts"] for r in rows] == [16, 64]
-    assert all(r["us_per_token"] > 0 and r["store_mb"] < r["dense_values_mb"] for r in rows)
-    with pytest.raises(ValueError, match="even"):
-        lookup_scaling([5], tokens=4, hidden=8, key_dim=8)
-
-
 def test_weights_changed_counts_what_each_method_changes(char_tok):
     import copy
 
-    from lamini_lite import mome_eval as E
-    from lamini_lite.finetune import decoder_layers, finetune_qa
+    from lamini_lite.experiments import ch05_mome as E
+    from lamini_lite.training import decoder_layers, finetune_qa
 
     prompts, answers = _facts(3)
     ref = _model(char_tok)
@@ -341,7 +330,7 @@ def test_weights_changed_counts_what_each_method_changes(char_tok):
 
 
 def test_memorize_lr_decay_shrinks_the_step_when_recall_falls_back(char_tok, monkeypatch):
-    from lamini_lite import mome_train as T
+    from lamini_lite.mome import train as T
 
     prompts, answers = _facts(4)
     model = _model(char_tok)
@@ -409,3 +398,62 @@ def test_memorize_loss_floor_stops_gradient_below_it(char_tok):
     # A floor below the threshold still memorizes every fact exactly.
     res, values = run(loss_threshold=None, loss_floor=0.05)
     assert res.recall == 1.0 and torch.count_nonzero(values) > 0
+
+
+def test_memorize_config_validates_each_field():
+    from lamini_lite.mome import train as T
+
+    cfg = T.MemorizeConfig()
+    assert (cfg.lr, cfg.max_epochs, cfg.max_seconds, cfg.batch_size, cfg.loss_threshold,
+            cfg.negative_weight, cfg.confirm, cfg.seed, cfg.lr_decay, cfg.loss_floor) == \
+        (0.05, 40, None, 8, math.log(2), 1.0, True, 0, None, None)
+    with pytest.raises(AttributeError):
+        cfg.lr = 0.1                                   # frozen
+    bad = {"lr": [0.0, -1.0, math.nan], "max_epochs": [0, 1.5, True], "batch_size": [0, "8"],
+           "max_seconds": [-1.0], "negative_weight": [-0.5], "lr_decay": [0.0, 1.5],
+           "loss_floor": [0.0, 1.0]}                   # 1.0 is above the default ln 2
+    for name, values in bad.items():
+        for v in values:
+            with pytest.raises(ValueError, match=rf"MemorizeConfig\.{name} must"):
+                T.MemorizeConfig(**{name: v})
+    assert T.MemorizeConfig(loss_threshold=None, loss_floor=1.0).loss_floor == 1.0
+    assert T.MemorizeConfig(max_seconds=0.0, lr_decay=1.0, batch_size=1).max_seconds == 0.0
+
+
+def test_memorize_config_overrides(char_tok):
+    from lamini_lite.mome import train as T
+
+    base = T.MemorizeConfig(lr=0.5, max_epochs=3)
+    assert T.MemorizeConfig.with_overrides() == T.MemorizeConfig()
+    assert T.MemorizeConfig.with_overrides(base) is base
+    assert T.MemorizeConfig.with_overrides(base, seed=2) == T.MemorizeConfig(lr=0.5, max_epochs=3,
+                                                                              seed=2)
+    assert base.seed == 0                              # replaced, not changed
+    with pytest.raises(ValueError, match="lr_decay"):
+        T.MemorizeConfig.with_overrides(base, lr_decay=2.0)
+    with pytest.raises(TypeError, match=r"'lrr'.*fields: lr, max_epochs, .*loss_floor"):
+        T.MemorizeConfig.with_overrides(base, lrr=0.1)
+    prompts, answers = _facts(3)
+
+    def run(*args, **kw):
+        model = _model(char_tok)
+        mome = M.add_memory_experts(model, M.MoMEConfig.preset("test", gate="none"),
+                                    tokenizer=char_tok)
+        res = M.memorize(model, char_tok, prompts, answers, *args, progress=False, **kw)
+        return res, mome.layers[mome.layer_ids[0]].values
+
+    with pytest.raises(TypeError, match="'max_epoch'"):
+        run(max_epoch=3)
+    with pytest.raises(TypeError, match="MemorizeConfig"):
+        run({"lr": 0.5})
+    with pytest.raises(ValueError, match="lr_decay"):
+        run(base, lr_decay=0.0)
+    # Keywords, a config, and a config with an override train bit for bit alike.
+    runs = [run(lr=0.5, max_epochs=3, loss_threshold=None, seed=1),
+            run(T.MemorizeConfig(lr=0.5, max_epochs=3, loss_threshold=None, seed=1)),
+            run(base, loss_threshold=None, seed=1)]
+    for res, values in runs[1:]:
+        assert res.epochs == runs[0][0].epochs == 3
+        assert res.loss_history == runs[0][0].loss_history
+        assert res.max_token_loss == runs[0][0].max_token_loss
+        assert torch.equal(values, runs[0][1])

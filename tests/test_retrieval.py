@@ -8,12 +8,26 @@ import pandas as pd
 import pytest
 
 from lamini_lite.facts import Fact
-from lamini_lite.retrieval import (UNKNOWN, BM25Retriever, DenseRetriever, Passage,
-                                   RetrievalError, accuracy_table, attribute_failures,
-                                   bm25_tokenize, build_corpus, closed_book_prompts, evaluate,
-                                   fact_id, is_abstention, make_world, paraphrase_question,
-                                   pick_exemplars, rag_prompt,
-                                   rag_prompts)
+from lamini_lite.retrieval import (
+    UNKNOWN,
+    BM25Retriever,
+    DenseRetriever,
+    Passage,
+    RetrievalError,
+    accuracy_table,
+    attribute_failures,
+    bm25_tokenize,
+    build_corpus,
+    closed_book_prompts,
+    evaluate,
+    fact_id,
+    is_abstention,
+    make_retrieval_world,
+    paraphrase_question,
+    pick_exemplars,
+    rag_prompt,
+    rag_prompts,
+)
 
 
 def _cap(country, city):
@@ -239,7 +253,7 @@ def test_make_world_is_disjoint_and_states_the_right_facts():
     amb = Fact("Cordoba", "city_country", "Argentina", "Which country is Cordoba located in?",
                aliases=("Spain",), meta={"candidates": [{"answer": "Argentina"},
                                                         {"answer": "Spain"}]})
-    w = make_world(facts, n_ask=3, n_hard=2, ambiguous=[amb], random_length=6, seed=1)
+    w = make_retrieval_world(facts, n_ask=3, n_hard=2, ambiguous=[amb], random_length=6, seed=1)
     ids = [{f.subject for f in s} for s in (w.ask, w.random, w.held_out, w.pool)]
     assert [len(s) for s in ids] == [3, 2, 2, 5]
     assert not set.intersection(*ids[:2]) and not ids[2] & (ids[0] | ids[1] | ids[3])
@@ -252,32 +266,6 @@ def test_make_world_is_disjoint_and_states_the_right_facts():
         p.text for p in w.corpus}
     assert paraphrase_question(w.ask[0]) != w.ask[0].question
     with pytest.raises(RetrievalError, match="too few"):
-        make_world(facts, n_ask=10, n_hard=2)
+        make_retrieval_world(facts, n_ask=10, n_hard=2)
 
 
-@pytest.mark.slow
-def test_memory_tuned_mome_answers_what_it_stored(smollm2, tmp_cache):
-    """MoME memorizes the corpus's facts; questions it did not store are answered as before."""
-    from lamini_lite.retrieval import MEMORY_APPROACH, evaluate_memory_tuned
-
-    model, tok = smollm2
-    facts = [_cap(f"Land{i}", f"City{i}") for i in range(12)]
-    w = make_world(facts, n_ask=3, n_hard=2, random_length=6, seed=1)
-    with pytest.raises(RetrievalError, match="n_hard"):
-        evaluate_memory_tuned(w, n_hard=0)
-    cats = {w.ask[0].key: "Unknown"}
-    rows, cost = evaluate_memory_tuned(w, n_hard=2, n_shots=2, max_new_tokens=8,
-                                       categories=cats, progress=False)
-    assert cost["recall"] == 1.0 and cost["rows_written"] > 0 and cost["memory_bytes"] > 0
-    assert set(rows["approach"]) == {MEMORY_APPROACH}
-    by = rows.groupby("condition")
-    assert by.size().to_dict() == {"standard": 3, "paraphrased": 2, "random answer": 2,
-                                   "not in corpus": 2}
-    assert by["correct"].mean()[["standard", "random answer"]].eq(1.0).all()
-    assert rows["category"].tolist()[:2] == ["Unknown", None]
-    # held-out facts were never stored: the memory stays silent, answers are the base model's
-    held = rows[rows.condition == "not in corpus"]
-    base = evaluate(model, tok, w.held_out, w.pool, n_shots=2, max_new_tokens=8)
-    assert held["prediction"].tolist() == base["prediction"].tolist()
-    again, _ = evaluate_memory_tuned(w, n_hard=2, n_shots=2, max_new_tokens=8, progress=False)
-    assert again["prediction"].tolist() == rows["prediction"].tolist()   # cached

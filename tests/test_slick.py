@@ -110,9 +110,9 @@ def test_build_prompts_excludes_the_fact_and_matches_qa_prompt():
 
 def test_exemplar_sets_and_templates():
     facts = _facts(8)
+    temps = ["Capital of {subject}?", "Which city is the capital of {subject}?"]
     proto = SliCKProtocol(n_prompts=3, n_shots=2, exemplar_sets=4,
-                          question_templates={"capital": ["Capital of {subject}?",
-                                                          "Which city is the capital of {subject}?"]})
+                          question_templates={"capital": temps})
     prompts = build_prompts(facts, proto, seed=0)
     blocks = {b for fp in prompts for b, _ in fp}
     for f, fp in zip(facts, prompts):
@@ -157,8 +157,18 @@ def _plain_greedy(model, tok, text, max_new_tokens):
     ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
     out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
                          max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
-                         eos_token_id=sorted(slick._stop_ids(tok).tolist()))
-    return slick._answer_text(tok, out[0, ids.shape[1]:].tolist())
+                         eos_token_id=sorted(slick.answer_stop_ids(tok).tolist()))
+    return slick.answer_text(tok, out[0, ids.shape[1]:].tolist())
+
+
+def test_shared_question_tokens_join_the_block():
+    """Prompts with one block share their common question tokens, but keep at least one."""
+    pre, suf = slick._join_shared_question_tokens(
+        [(1,), (1,), (2,), (1,)], [[5, 6, 7], [5, 6, 8, 9], [5, 6], [5, 6]])
+    assert pre == [(1, 5), (1, 5), (2,), (1, 5)]  # [5, 6] is all of prompt 3: keep its 6
+    assert suf == [[6, 7], [6, 8, 9], [5, 6], [6]]  # a block of one prompt is left alone
+    assert slick._common_prefix_len([[3, 4], [3, 4]]) == 1
+    assert slick._common_prefix_len([[3, 4, 5], [3, 4, 6]]) == 2
 
 
 def test_shared_prefix_greedy_equals_plain_generate(tiny, char_tok):

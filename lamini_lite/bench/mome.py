@@ -22,9 +22,13 @@ import subprocess
 import sys
 import time
 
-import torch
+from ..experiments.ch05_mome import finetune_to_recall, lookup_scaling, weights_changed
+from ..facts.synthetic import random_code_facts
+from ..lm import fact_recall
+from ..models import load_smollm2
+from ..mome import MoMEConfig, add_memory_experts, memorize
 
-__all__ = ["main", "lookup_scaling", "run_method"]
+__all__ = ["main", "run_method"]
 
 
 def _peak_rss_mb() -> float:
@@ -41,14 +45,9 @@ def run_method(method: str, n_facts: int, n_keys: int, answer_chars: int, seed: 
 
     Every method stops on the same rule, at the first epoch after which every
     fact is recalled (teacher-forced) with every answer token below ln 2
-    (:func:`lamini_lite.mome_eval.finetune_to_recall` for fine-tuning), or when
+    (:func:`lamini_lite.experiments.ch05_mome.finetune_to_recall` for fine-tuning), or when
     ``budget_s`` is spent; the final recall is measured by greedy decoding.
     """
-    from lamini_lite.models import load_smollm2
-    from lamini_lite.mome import (MoMEConfig, add_memory_experts, fact_recall, memorize,
-                                  random_code_facts)
-    from lamini_lite.mome_eval import finetune_to_recall, weights_changed
-
     prompts, answers, _ = random_code_facts(n_facts, answer_chars=answer_chars, seed=seed)
     if method == "mome":
         model, tok = load_smollm2()
@@ -74,43 +73,6 @@ def run_method(method: str, n_facts: int, n_keys: int, answer_chars: int, seed: 
     return {"method": method, "facts": n_facts, "recall": recall, "epochs": epochs,
             "params_updated": int(updated), "weights_changed": weights_changed(model),
             "wall_s": round(wall, 1), "peak_rss_mb": peak}
-
-
-@torch.no_grad()
-def lookup_scaling(log2_sizes, *, tokens: int = 1024, hidden: int = 576, heads: int = 4,
-                   topk: int = 4, key_dim: int = 256, written_rows: int = 4096,
-                   repeats: int = 3, seed: int = 0) -> list[dict]:
-    """Selection + lookup time per token and memory footprint for N = 2**s experts.
-
-    ``s`` must be even (N = n_keys**2). ``written_rows`` rows hold values, as
-    after memorizing a few hundred facts; the dense equivalent (all N rows) is
-    reported beside the sparse store's actual size.
-    """
-    from lamini_lite.mome import MemoryLayer, MoMEConfig, memory_lookup
-
-    out = []
-    x = torch.randn(tokens, hidden, generator=torch.Generator().manual_seed(seed))
-    for s in log2_sizes:
-        if s % 2:
-            raise ValueError(f"log2 sizes must be even (N = n_keys**2), got {s}")
-        cfg = MoMEConfig(n_keys=2 ** (s // 2), heads=heads, topk=min(topk, 2 ** (s // 2)),
-                         key_dim=key_dim, query_norm="none", gate="none", seed=seed)
-        mem = MemoryLayer(cfg, hidden)
-        mem.allocate(torch.randperm(cfg.n_experts)[:min(written_rows, cfg.n_experts)])
-        best = float("inf")
-        for _ in range(repeats):
-            t = time.perf_counter()
-            rows, w, _ = mem.select(x)
-            memory_lookup(mem.values, mem.row_map[rows], w)
-            best = min(best, time.perf_counter() - t)
-        keys = sum(getattr(mem, n).numel() * getattr(mem, n).element_size()
-                   for n in ("proj", "subkeys", "row_map"))
-        out.append({"log2_experts": s, "experts": cfg.n_experts,
-                    "us_per_token": 1e6 * best / tokens,
-                    "selector_mb": keys / 2 ** 20,
-                    "store_mb": mem.n_used * hidden * 4 / 2 ** 20,
-                    "dense_values_mb": cfg.n_experts * hidden * 4 / 2 ** 20})
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -95,7 +95,7 @@ def _pretrain(seed: int) -> str:
     """Pretrain (or load) the ci synthetic backbone of ``seed`` once, before the notebooks
     that share it run side by side; returns an error line or ''."""
     env = dict(os.environ, LAMINI_LITE_PROFILE="ci", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    code = ("import sys; from lamini_lite.pretrain import load_backbone; "
+    code = ("import sys; from lamini_lite.experiments.common import load_backbone; "
             "load_backbone(seed=int(sys.argv[1]), progress=False)")
     proc = subprocess.run([sys.executable, "-c", code, str(seed)], env=env,
                           capture_output=True, text=True)

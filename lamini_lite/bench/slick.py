@@ -20,12 +20,14 @@ from transformers import GenerationConfig
 
 from ..models import load_smollm2
 from ..profiles import sizes
-from ..slick import SliCKProtocol, _answer_text, _stop_ids, build_prompts, categorize
+from ..experiments import common as _common  # noqa: F401  (registers the "slick" sizes)
+from ..facts.real import load_real_facts
+from ..slick import SliCKProtocol, answer_stop_ids, answer_text, build_prompts, categorize
 
 
 def plain_loop(model, tokenizer, prompts, protocol: SliCKProtocol, seed: int = 0):
     """The straightforward way: one ``generate`` call per prompt and per answer."""
-    stop = sorted(_stop_ids(tokenizer).tolist())
+    stop = sorted(answer_stop_ids(tokenizer).tolist())
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     common = dict(max_new_tokens=protocol.max_new_tokens, eos_token_id=stop, pad_token_id=pad)
     greedy_cfg = GenerationConfig(do_sample=False, **common)
@@ -41,11 +43,11 @@ def plain_loop(model, tokenizer, prompts, protocol: SliCKProtocol, seed: int = 0
                                 return_tensors="pt")["input_ids"]
                 mask = torch.ones_like(ids)
                 out = model.generate(ids, attention_mask=mask, generation_config=greedy_cfg)
-                g_row.append(_answer_text(tokenizer, out[0, ids.shape[1]:].tolist()))
+                g_row.append(answer_text(tokenizer, out[0, ids.shape[1]:].tolist()))
                 s = []
                 for _ in range(protocol.n_samples):
                     out = model.generate(ids, attention_mask=mask, generation_config=sample_cfg)
-                    s.append(_answer_text(tokenizer, out[0, ids.shape[1]:].tolist()))
+                    s.append(answer_text(tokenizer, out[0, ids.shape[1]:].tolist()))
                 s_row.append(s)
             greedy.append(g_row)
             samples.append(s_row)
@@ -69,7 +71,6 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--facts must be >= 1, got {n}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    from ..facts_real import load_real_facts
 
     pool = load_real_facts("capital", per_relation=max(60, n + 10), seed=args.seed)
     facts = pool[:: max(1, len(pool) // n)][:n]

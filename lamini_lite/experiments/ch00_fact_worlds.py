@@ -17,15 +17,16 @@ from collections.abc import Sequence
 
 from ..claims import Claim
 from ..facts import Fact
-from ..pretrain import answer_kind
 from ..stats import Interval, newcombe_difference, wilson_interval
+from ..training.pretrain import answer_kind
 from .ch00_meet_the_model import answer_confidence, capital_draw
+from .common import load_backbone, world_from_sizes
 
 __all__ = ["answer_counts", "chance_recall", "accuracy_by_tier", "tier_gap",
            "answer_confidence", "capital_draw", "TIERS",
            "PRETRAINING_LOSS_FALLS", "UNSEEN_UNKNOWN", "EXPOSURE_RAISES_RECALL",
            "UNSEEN_HALLUCINATED", "CITY_POPULATION_HEAVY_TAILED",
-           "POPULATION_PREDICTS_KNOWLEDGE"]
+           "POPULATION_PREDICTS_KNOWLEDGE", "load_backbone", "world_from_sizes"]
 
 TIERS = ("large", "mid", "small")  # popularity tiers of load_real_facts, most popular first
 KINDS = ("correct", "wrong_same_type", "wrong_other_type", "other")
@@ -65,7 +66,7 @@ def answer_counts(facts: Sequence[Fact], predictions: Sequence[str], *, kind: st
                   low: int = 0, high: int | None = None) -> tuple[int, int]:
     """``(k, n)``: of the ``n`` facts with exposure in ``[low, high]``, ``k`` answered ``kind``.
 
-    ``kind`` is one of :func:`~lamini_lite.pretrain.answer_kind`'s labels
+    ``kind`` is one of :func:`~lamini_lite.training.pretrain.answer_kind`'s labels
     (``"correct"``, ``"wrong_same_type"``, ``"wrong_other_type"``, ``"other"``);
     ``high=None`` has no upper end. Exposure is ``Fact.meta["exposure"]``.
 
@@ -100,7 +101,7 @@ def accuracy_by_tier(answers):
     Columns: ``tier``, ``facts``, ``right``, ``accuracy``, ``95% CI low``, ``95% CI high``
     (tiers in the order large, mid, small; absent tiers are left out).
     """
-    import pandas as pd
+    import pandas as pd  # lazy: pandas is a notebook extra, not a package dependency
 
     rows = []
     for tier in TIERS:

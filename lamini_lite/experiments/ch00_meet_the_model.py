@@ -21,7 +21,7 @@ import numpy as np
 from ..cache import cached, fingerprint
 from ..claims import Claim
 from ..facts import Fact, qa_prompt
-from ..facts_real import load_real_facts
+from ..facts.real import load_real_facts
 from ..lm import answer_token_losses, greedy_answers
 from ..stats import Interval, wilson_interval
 
@@ -85,7 +85,7 @@ UNKNOWN_NEVER_SAMPLED = Claim(
 def capital_draw(seed: int, n: int = DRAW_SIZE) -> list[Fact]:
     """``n`` capital facts of the real world, a third from each popularity tier.
 
-    Drawn with :func:`~lamini_lite.facts_real.load_real_facts` (``seed``); the
+    Drawn with :func:`~lamini_lite.facts.real.load_real_facts` (``seed``); the
     countries of :data:`CAPITAL_EXEMPLARS` are left out, since the prompt
     gives their answers away.
     """
@@ -107,7 +107,7 @@ def answer_confidence(model, tokenizer, facts: Sequence[Fact],
     model's weights and the prompts, so a second chapter asking the same
     questions does not decode them again.
     """
-    import pandas as pd
+    import pandas as pd  # lazy: pandas is a notebook extra, not a package dependency
 
     facts = list(facts)
     if not facts:

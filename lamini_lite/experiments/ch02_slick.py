@@ -19,6 +19,7 @@ reaches rho of about 0.37 on 400 facts.
 
 from __future__ import annotations
 
+from itertools import combinations
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -26,14 +27,15 @@ import numpy as np
 from ..claims import Claim
 from ..slick import CATEGORIES, SliCKResult, categories_from_probs, chance_terms
 from ..stats import Interval, bootstrap_interval, wilson_interval
+from .common import load_backbone
 
-__all__ = ["EVERY_CATEGORY", "MAYBE_KNOWN_NOT_THIN", "CONTINENT_OVER_US_STATE",
-           "POPULAR_BETTER_KNOWN", "UNKNOWN_LESS_EXPOSURE", "RANK_CORRELATION", "AUC",
-           "CORRECTION_REMOVES", "CONTINENT_GUESSABLE", "HALVES_DISAGREE", "ORDER",
-           "two_sample_difference", "mean_difference", "exposure_agreement",
-           "agreement_intervals", "share_intervals", "flip_share", "chance_terms",
-           "chance_interval", "removed_share", "categories_of", "split_disagreement",
-           "split_half"]
+__all__ = ["load_backbone", "EVERY_CATEGORY", "MAYBE_KNOWN_NOT_THIN",
+           "CONTINENT_OVER_US_STATE", "POPULAR_BETTER_KNOWN", "UNKNOWN_LESS_EXPOSURE",
+           "RANK_CORRELATION", "AUC", "CORRECTION_REMOVES", "CONTINENT_GUESSABLE",
+           "HALVES_DISAGREE", "ORDER", "two_sample_difference", "mean_difference",
+           "exposure_agreement", "agreement_intervals", "share_intervals", "flip_share",
+           "chance_terms", "chance_interval", "removed_share", "categories_of",
+           "split_disagreement", "split_half"]
 
 # --------------------------------------------------------------------------- claims
 
@@ -258,7 +260,7 @@ def agreement_intervals(categories: Sequence[str], exposure: Sequence[float], *,
 
 def share_intervals(categories: Sequence[str]):
     """Share (%) of each SliCK category with its Wilson 95% interval (a DataFrame)."""
-    import pandas as pd
+    import pandas as pd  # lazy: pandas is a notebook extra, not a package dependency
 
     cats = np.asarray(list(categories), dtype=object)
     if len(cats) == 0:
@@ -341,7 +343,6 @@ def split_disagreement(result: SliCKResult, n_prompts: int) -> np.ndarray:
     full protocol (which contains it), this measures how reproducible a protocol
     of ``n_prompts`` prompts is.
     """
-    from itertools import combinations
 
     P = result.greedy_correct.shape[1]
     if not 1 <= n_prompts <= P // 2:

@@ -26,12 +26,24 @@ from collections.abc import Iterable, Mapping
 import torch
 
 from lamini_lite.claims import Claim
+from lamini_lite.profiles import register_sizes
 
 __all__ = ["BF16_STEP", "LOOKUP_BANDWIDTH_BOUND", "FORWARD_WITHIN_ONE_BF16_STEP",
            "ORDER_CHANGES_SUM", "TABLE_GRAD_MATCHES_REFERENCE", "PTX_ROUNDS_TO_NEAREST",
            "PTX_VECTOR_LOADS", "NO_REGISTER_SPILLS", "AT_MOST_128_REGISTERS",
            "SCORES_SMALL_NEXT_TO_ROWS", "GPU_BANDWIDTH_AT_MOST_PEAK",
            "bf16_steps_error", "relative_max_error", "ptx_count", "worst_resources"]
+
+# Sizes for the chapter on these kernels (book/06): the interpreter runs one
+# program per (query, column block) at ~3 ms each, so the checks stay small.
+register_sizes(
+    "kernels",
+    ci=dict(n_rows=64, D=48, K=8, n_tokens=12, hot_rows=3, sum_terms=2000, sum_orders=20),
+    book=dict(n_rows=256, D=96, K=16, n_tokens=32, hot_rows=4, sum_terms=20000,
+              sum_orders=50),
+    full=dict(n_rows=1024, D=200, K=32, n_tokens=64, hot_rows=8, sum_terms=200000,
+              sum_orders=100),
+)
 
 BF16_STEP = 2.0 ** -7  # relative spacing of bf16 numbers (8 significant bits)
 

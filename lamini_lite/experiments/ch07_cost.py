@@ -22,10 +22,28 @@ from __future__ import annotations
 import math
 
 from lamini_lite.claims import Claim
+from lamini_lite.profiles import register_sizes
 
 __all__ = ["PRINTED_FLOPS_TOO_SMALL", "FLEET_NEEDS_OVER_180_DAYS", "ELECTRICITY_CHECKS_OUT",
            "FULL_JOB_COSTS_OVER_TWICE", "TRAINING_BELOW_MATMUL_PEAK", "FROZEN_BOTTOM_CHEAPER",
            "PREDICTION_WITHIN_FACTOR", "percent_off", "timing_factor"]
+
+register_sizes(
+    "cost",
+    # matmul_n: side of the square matmul that measures the CPU's peak FLOP/s;
+    # smol_* / tiny_*: batch x seq and number of timed steps of each calibration run;
+    # job_facts / tiny_job_facts: random facts (one sequence each, same batch x seq as
+    # the calibration) of the memorization jobs whose time is predicted, then measured.
+    ci=dict(matmul_n=1024, smol_batch=4, smol_seq=32, smol_steps=2, job_facts=4,
+            job_epochs=2, tiny_vocab=1024, tiny_batch=16, tiny_seq=32, tiny_steps=4,
+            tiny_job_facts=32, tiny_job_epochs=2),
+    book=dict(matmul_n=2048, smol_batch=4, smol_seq=32, smol_steps=3, job_facts=8,
+              job_epochs=2, tiny_vocab=1024, tiny_batch=16, tiny_seq=64, tiny_steps=8,
+              tiny_job_facts=64, tiny_job_epochs=4),
+    full=dict(matmul_n=4096, smol_batch=16, smol_seq=64, smol_steps=10, job_facts=64,
+              job_epochs=10, tiny_vocab=1024, tiny_batch=32, tiny_seq=128, tiny_steps=30,
+              tiny_job_facts=512, tiny_job_epochs=20),
+)
 
 # --- recomputations of the paper's example (arithmetic; identical on every run) ----------
 PRINTED_FLOPS_TOO_SMALL = Claim(

@@ -6,12 +6,20 @@ import pytest
 import torch
 
 from lamini_lite.facts import Fact
-from lamini_lite.facts_synthetic import make_world
+from lamini_lite.facts.synthetic import make_world
 from lamini_lite.models import count_parameters
-from lamini_lite.pretrain import (EXPOSURE_BINS, PretrainConfig, answer_kind, bin_label,
-                                  build_backbone, closed_book_answers, config_from_sizes,
-                                  corpus_batches, load_backbone, pretrain, recall_by_exposure)
-from lamini_lite.profiles import sizes
+from lamini_lite.training.pretrain import (
+    EXPOSURE_BINS,
+    PretrainConfig,
+    answer_kind,
+    bin_label,
+    build_backbone,
+    closed_book_answers,
+    corpus_batches,
+    load_backbone,
+    pretrain,
+    recall_by_exposure,
+)
 
 TINY = PretrainConfig(hidden_size=32, num_layers=1, num_heads=2, steps=25, batch_size=4,
                       seq_len=32, lr=3e-3, warmup_steps=3)
@@ -118,7 +126,3 @@ def test_load_backbone_bad_args(world):
         load_backbone({"steps": 3}, world)
 
 
-def test_sizes_registered():
-    for profile in ("ci", "book", "full"):
-        cfg = config_from_sizes(profile)
-        assert cfg.steps == sizes("pretrain", profile).steps >= 300

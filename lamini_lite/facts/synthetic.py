@@ -57,24 +57,20 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
 
-from .facts import Fact, FactError, qa_prompt
-from .profiles import register_sizes, sizes
+from ..seeding import torch_generator
+from .core import Fact, FactError, qa_prompt
 
-__all__ = ["WorldConfig", "SyntheticWorld", "make_world", "world_from_sizes", "build_tokenizer",
+__all__ = ["WorldConfig", "SyntheticWorld", "make_world", "build_tokenizer",
            "random_answer_variants", "entity_relation", "exposure_distribution",
-           "exposure_counts", "expected_exposure", "facts_table", "qa_text", "RELATIONS",
-           "CODE_TOKENS", "PAD", "UNK", "WORLD_VERSION"]
+           "exposure_counts", "expected_exposure", "exposure_table", "qa_text", "RELATIONS",
+           "CODE_TOKENS", "PAD", "UNK", "WORLD_VERSION", "random_code_facts"]
 
 # Bump when the generator changes what a (config, seed) produces: cache keys use it.
 WORLD_VERSION = 1
-
-register_sizes(
-    "facts_synthetic",
-    ci={"n_people": 150, "max_exposure": 50},
-    book={"n_people": 1000, "max_exposure": 50},
-    full={"n_people": 10000, "max_exposure": 50},
-)
 
 FIRST_NAMES = (
     "Alice", "Bruno", "Clara", "Dmitri", "Elena", "Felix", "Greta", "Hugo", "Ines", "Jonas",
@@ -374,12 +370,6 @@ def make_world(config: WorldConfig | None = None, *, seed: int = 0, **overrides:
                           values={r: _VALUES[r] for r in rels})
 
 
-def world_from_sizes(profile: str | None = None, *, seed: int = 0) -> SyntheticWorld:
-    """The world of the active profile's ``sizes("facts_synthetic")`` (or ``profile``'s)."""
-    s = sizes("facts_synthetic", profile)
-    return make_world(WorldConfig(n_people=s.n_people, max_exposure=s.max_exposure), seed=seed)
-
-
 def build_tokenizer(world_or_words: SyntheticWorld | Sequence[str]):
     """A word-level ``PreTrainedTokenizerFast`` for the world (or for a word list).
 
@@ -391,8 +381,6 @@ def build_tokenizer(world_or_words: SyntheticWorld | Sequence[str]):
     decodes as ``"Paris\\n"``. Unknown words become ``<unk>``. No BOS/EOS is
     added; padding is on the left (for batched generation).
     """
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
 
     words = (world_or_words.vocabulary() if isinstance(world_or_words, SyntheticWorld)
              else sorted(set(world_or_words)))
@@ -496,9 +484,9 @@ def exposure_counts(world: SyntheticWorld) -> dict[str, int]:
     return {f.key: counts.get(f.key, 0) for f in world.facts}
 
 
-def facts_table(facts: Sequence[Fact]):
+def exposure_table(facts: Sequence[Fact]):
     """A pandas DataFrame of facts (subject, relation, object, exposure, qa_in_pretraining)."""
-    import pandas as pd
+    import pandas as pd  # lazy: pandas is a notebook extra, not a package dependency
 
     return pd.DataFrame([{"subject": f.subject, "relation": f.relation, "object": f.object,
                           "question": f.question, "exposure": f.meta.get("exposure"),
@@ -511,3 +499,32 @@ def expected_exposure(config: WorldConfig) -> float:
     return float(np.dot(np.arange(len(p)), p))
 
 
+_SYLLABLES = ("ka", "lo", "mi", "ra", "ten", "vo", "shi", "bel", "dor", "qu", "an", "zef",
+              "pil", "mur", "ost", "ne", "gra", "tu", "wen", "fi")
+
+
+def random_code_facts(n: int, *, answer_chars: int = 32, seed: int = 0
+                      ) -> tuple[list[str], list[str], list[str]]:
+    """``n`` made-up facts ``(prompts, answers, subjects)`` with random answers.
+
+    Each prompt asks "Q: What is the access code of <made-up name>?" and each
+    answer is a random string of ``answer_chars`` lowercase letters and digits
+    (as in Lamini's random-answer experiment): nothing in pretraining can help.
+    """
+    if n < 1 or answer_chars < 1:
+        raise ValueError(f"n and answer_chars must be >= 1, got {n}, {answer_chars}")
+    g = torch_generator(seed)
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+    names: list[str] = []
+    seen: set[str] = set()
+    while len(names) < n:
+        parts = torch.randint(0, len(_SYLLABLES), (4,), generator=g).tolist()
+        name = ("".join(_SYLLABLES[i] for i in parts[:2]).capitalize() + " "
+                + "".join(_SYLLABLES[i] for i in parts[2:]).capitalize())
+        if name not in seen:
+            seen.add(name)
+            names.append(name)
+    answers = ["".join(alphabet[i] for i in torch.randint(0, len(alphabet), (answer_chars,),
+                                                          generator=g).tolist()) for _ in names]
+    prompts = [f"Q: What is the access code of {s}?\nA:" for s in names]
+    return prompts, answers, names

@@ -2,7 +2,7 @@
 
 :func:`load_backbone` returns a small ``transformers`` Llama
 (:func:`lamini_lite.models.tiny_llama`) pretrained from scratch on the corpus
-of :mod:`lamini_lite.facts_synthetic`, trained once and then loaded from the
+of :mod:`lamini_lite.facts.synthetic`, trained once and then loaded from the
 result cache (keyed by the world's config, seed and corpus, the model and
 training config, and the seed). Training is budgeted in optimizer steps, not
 wall time, so a run is the same on any machine: same seed and config, same
@@ -33,26 +33,22 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .cache import cached_model, fingerprint
-from .facts import Fact, qa_prompt
-from .facts_synthetic import WORLD_VERSION, SyntheticWorld, entity_relation, world_from_sizes
-from .lm import greedy_answers
-from .models import count_parameters, tiny_llama
-from .profiles import register_sizes, sizes
+from ..cache import cached_model, fingerprint
+from ..facts.core import Fact, qa_prompt
+from ..facts.synthetic import (
+    WORLD_VERSION,
+    SyntheticWorld,
+    WorldConfig,
+    entity_relation,
+    make_world,
+)
+from ..lm import greedy_answers
+from ..models import count_parameters, tiny_llama
 
-__all__ = ["PretrainConfig", "config_from_sizes", "build_backbone", "corpus_batches",
+__all__ = ["PretrainConfig", "build_backbone", "corpus_batches",
            "pretrain", "load_backbone", "closed_book_answers", "answer_kind",
            "recall_by_exposure", "EXPOSURE_BINS", "bin_label"]
 
-register_sizes(
-    "pretrain",
-    ci={"hidden_size": 128, "num_layers": 2, "num_heads": 4, "steps": 300, "batch_size": 16,
-        "seq_len": 128, "lr": 3e-3},
-    book={"hidden_size": 128, "num_layers": 4, "num_heads": 4, "steps": 800, "batch_size": 16,
-          "seq_len": 128, "lr": 3e-3},
-    full={"hidden_size": 256, "num_layers": 6, "num_heads": 8, "steps": 8000, "batch_size": 32,
-          "seq_len": 128, "lr": 2e-3},
-)
 
 # Bump when the training loop changes what a config produces: cache keys use it.
 PRETRAIN_VERSION = 1
@@ -96,11 +92,6 @@ class PretrainConfig:
                                                            (name != "lr" and value == lo)):
                 raise ValueError(f"PretrainConfig.{name} must be a number in ({lo}, {hi}], "
                                  f"got {value!r}")
-
-
-def config_from_sizes(profile: str | None = None) -> PretrainConfig:
-    """The :class:`PretrainConfig` of ``sizes("pretrain")`` (active profile, or ``profile``)."""
-    return PretrainConfig(**dict(sizes("pretrain", profile)))
 
 
 def build_backbone(vocab_size: int, config: PretrainConfig, seed: int = 0):
@@ -198,19 +189,17 @@ def _pretrain(model, world, tokenizer, config, *, seed, progress):
 
 
 def load_backbone(config: PretrainConfig | None = None, world: SyntheticWorld | None = None, *,
-                  seed: int = 0, profile: str | None = None, progress: bool = True,
-                  refresh: bool = False):
+                  seed: int = 0, progress: bool = True, refresh: bool = False):
     """The pretrained synthetic backbone: ``(model, tokenizer, world, info)``.
 
     Args:
-        config: model shape and training budget; default
-            ``config_from_sizes(profile)``.
+        config: model shape and training budget; default ``PretrainConfig()``.
         world: the synthetic world to pretrain on; default
-            ``world_from_sizes(profile, seed=seed)``.
+            ``make_world(WorldConfig(), seed=seed)``. (The book's chapters use
+            :func:`lamini_lite.experiments.common.load_backbone`, which passes
+            the active profile's sizes.)
         seed: seeds the world (when it is built here), the initialization and
             the data order.
-        profile: which profile's sizes to use for the defaults (default: the
-            active one).
         progress: show a progress bar (with the loss) while training.
         refresh: retrain even if a cached copy exists.
 
@@ -221,10 +210,10 @@ def load_backbone(config: PretrainConfig | None = None, world: SyntheticWorld | 
     """
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    config = config if config is not None else config_from_sizes(profile)
+    config = config if config is not None else PretrainConfig()
     if not isinstance(config, PretrainConfig):
         raise TypeError(f"config must be a PretrainConfig, got {type(config).__name__}")
-    world = world if world is not None else world_from_sizes(profile, seed=seed)
+    world = world if world is not None else make_world(WorldConfig(), seed=seed)
     if not isinstance(world, SyntheticWorld):
         raise TypeError(f"world must be a SyntheticWorld, got {type(world).__name__}")
     tok = world.tokenizer
@@ -288,7 +277,7 @@ def recall_by_exposure(model, tokenizer, facts: Sequence[Fact],
     ``wrong_other_type``, ``other``. Pass held-out facts (QA pair not in the
     corpus) to measure what pretraining taught. Empty bins are dropped.
     """
-    import pandas as pd
+    import pandas as pd  # lazy: pandas is a notebook extra, not a package dependency
 
     facts = list(facts)
     if not facts:

@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from lamini_lite.facts import (RANDOM_ALPHABET, Fact, FactError, exact_match, exemplar_sets,
-                               exemplars, fact_prompt, facts_table, normalize_answer,
-                               relation_counts, split_facts, with_random_answers)
+from lamini_lite.facts import (
+    RANDOM_ALPHABET,
+    Fact,
+    FactError,
+    exact_match,
+    exemplar_sets,
+    exemplars,
+    fact_prompt,
+    facts_table,
+    normalize_answer,
+    relation_counts,
+    split_facts,
+    with_random_answers,
+)
 
 
 def make(subject: str, relation: str, obj: str, **kw) -> Fact:

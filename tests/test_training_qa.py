@@ -1,31 +1,20 @@
 import pytest
 import torch
-from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
 
-from lamini_lite.finetune import (FinetuneHistory, decoder_layers, finetune_qa, has_lora,
-                                  first_trained_layer, merge_lora, select_trainable,
-                                  unload_lora)
 from lamini_lite.lm import answer_token_losses, greedy_answers
 from lamini_lite.models import tiny_llama
+from lamini_lite.training import (
+    FinetuneHistory,
+    decoder_layers,
+    finetune_qa,
+    first_trained_layer,
+    has_lora,
+    merge_lora,
+    select_trainable,
+    unload_lora,
+)
 
-WORDS = ["Q:", "A:", "who", "likes", "what", "?"] + [f"n{i}" for i in range(8)] + \
-        [f"w{i}" for i in range(12)]
-
-
-def toy_tokenizer(words=WORDS):
-    """A word-level tokenizer over ``words``: split on spaces, newline is its own token."""
-    vocab = {"<pad>": 0, "<unk>": 1, "\n": 2}
-    for w in words:
-        vocab.setdefault(w, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(" "), behavior="removed"),
-        pre_tokenizers.Split(Regex("\n"), behavior="isolated")])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>")
-    fast.padding_side = "left"
-    return fast
-
+from conftest import toy_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
@@ -75,7 +64,8 @@ def test_deterministic_for_a_seed(toy):
 
 
 def _changed(model, before):
-    return {k for k, v in model.state_dict().items() if k in before and not torch.equal(v, before[k])}
+    return {k for k, v in model.state_dict().items()
+            if k in before and not torch.equal(v, before[k])}
 
 
 def test_top_n_trains_only_top_layers(toy):
@@ -185,7 +175,7 @@ def test_select_trainable_all_then_lora_reuses_adapters(toy):
 
 
 def test_cached_frozen_prefix_matches_the_full_forward(toy, monkeypatch):
-    import lamini_lite.finetune as ft
+    import lamini_lite.training.qa as ft
     _, tok, prompts, answers = toy
     prompts = [p if i % 2 else "who likes what ? " + p for i, p in enumerate(prompts)]  # ragged
     runs = []
@@ -211,8 +201,8 @@ def test_first_trained_layer(toy):
 
 
 def test_frozen_prefix_scores_match_answer_token_losses(toy):
-    from lamini_lite.finetune import FrozenPrefix
     from lamini_lite.lm import encode_qa
+    from lamini_lite.training import FrozenPrefix
     _, tok, prompts, answers = toy
     model = tiny_llama(len(tok), hidden_size=64, num_layers=3, num_heads=2, seed=0)
     finetune_qa(model, tok, prompts, answers, epochs=30, lr=3e-3, batch_size=4, progress=False)
@@ -227,7 +217,7 @@ def test_frozen_prefix_scores_match_answer_token_losses(toy):
 
 
 def test_frozen_prefix_for_only_top_layers(toy):
-    from lamini_lite.finetune import frozen_prefix_for
+    from lamini_lite.training import frozen_prefix_for
     model, tok, prompts, answers = toy  # 2 decoder layers
     assert frozen_prefix_for(model, tok, prompts, answers, "all") is None
     assert frozen_prefix_for(model, tok, prompts, answers, "top:2") is None  # nothing frozen
@@ -236,7 +226,7 @@ def test_frozen_prefix_for_only_top_layers(toy):
 
 
 def test_finetune_reuses_a_given_frozen_prefix(toy):
-    from lamini_lite.finetune import frozen_prefix_for
+    from lamini_lite.training import frozen_prefix_for
     _, tok, prompts, answers = toy
     runs = []
     for given in (False, True):
@@ -255,3 +245,77 @@ def test_finetune_reuses_a_given_frozen_prefix(toy):
     with pytest.raises(ValueError, match="trains"):
         finetune_qa(model, tok, prompts, answers, epochs=1, lr=1e-3, trainable="top:2",
                     cache_frozen_prefix=low, progress=False)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"epochs": 0}, "epochs must be an int >= 1"), ({"epochs": True}, "epochs"),
+    ({"lr": float("inf")}, "lr must be a positive number"), ({"lr": "1e-3"}, "lr"),
+    ({"batch_size": 2.0}, "batch_size must be an int"), ({"eval_every": 0}, "eval_every"),
+    ({"optimizer": "lion"}, r"optimizer must be one of \('adamw'"),
+    ({"trainable": "top"}, "trainable"), ({"trainable": "lora:0"}, ">= 1"),
+    ({"trainable": 3}, "trainable must be a string spec or a callable"),
+    ({"seed": 1.5}, "seed must be an int"), ({"warmup_steps": -1}, "warmup_steps must be"),
+    ({"weight_decay": -0.1}, "weight_decay must be a finite number >= 0"),
+    ({"max_grad_norm": 0.0}, "max_grad_norm must be a positive number or None"),
+    ({"lora_alpha": -2}, "lora_alpha"), ({"eval_at_start": 1}, "eval_at_start must be a bool"),
+    ({"desc": None}, "desc must be a str"),
+])
+def test_finetune_config_validation(kwargs, match):
+    from lamini_lite.training.qa import FinetuneConfig
+    with pytest.raises(ValueError, match=match):
+        FinetuneConfig(**({"epochs": 1, "lr": 1e-3} | kwargs))
+
+
+def test_finetune_config_fields_and_defaults():
+    import dataclasses
+    from lamini_lite.training.qa import FinetuneConfig
+    cfg = FinetuneConfig(epochs=2, lr=1e-3)
+    assert (cfg.batch_size, cfg.trainable, cfg.seed, cfg.optimizer, cfg.max_grad_norm,
+            cfg.warmup_steps, cfg.lora_alpha, cfg.eval_every, cfg.eval_at_start, cfg.desc) == \
+        (16, "all", 0, "adamw", 1.0, 0, None, 1, False, "fine-tune")
+    assert FinetuneConfig(epochs=2, lr=1e-3, max_grad_norm=None, lora_alpha=4).lora_alpha == 4
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.epochs = 3
+    with pytest.raises(TypeError, match="epochs"):
+        FinetuneConfig(lr=1e-3)  # epochs and lr have no default
+    with pytest.raises(ValueError, match="epochs"):  # replace validates again
+        dataclasses.replace(cfg, epochs=0)
+
+
+def test_config_and_overrides_train_as_keywords(toy):
+    from lamini_lite.training.qa import FinetuneConfig
+    _, tok, prompts, answers = toy
+    kw = dict(epochs=2, lr=1e-3, batch_size=3, trainable="top:1", seed=1, warmup_steps=2)
+    cfg = FinetuneConfig(**(kw | {"seed": 5, "batch_size": 8}))
+    calls = [((), kw),  # keywords only, as every caller does
+             ((FinetuneConfig(**kw),), {}),  # a config only
+             ((cfg,), {"seed": 1, "batch_size": 3})]  # a config and overrides
+    runs = []
+    for args, over in calls:
+        model = tiny_llama(len(tok), hidden_size=64, num_layers=2, num_heads=2, seed=0)
+        h = finetune_qa(model, tok, prompts, answers, *args, progress=False, **over)
+        runs.append((h.step_loss, model.state_dict()))
+    assert cfg.seed == 5 and cfg.batch_size == 8  # overrides do not change the config
+    for steps, state in runs[1:]:
+        assert steps == runs[0][0] and len(steps) == 2 * 3
+        assert all(torch.equal(state[k], runs[0][1][k]) for k in state)
+
+
+def test_unknown_or_missing_overrides(toy):
+    from lamini_lite.training.qa import FinetuneConfig
+    model, tok, prompts, answers = toy
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(TypeError, match=r"'epoch', 'learning_rate'.*fields are epochs, lr, "):
+        finetune_qa(model, tok, prompts, answers, epoch=1, learning_rate=1e-3, progress=False)
+    with pytest.raises(TypeError, match="'epoch'"):
+        finetune_qa(model, tok, prompts, answers, FinetuneConfig(epochs=1, lr=1e-3), epoch=2)
+    with pytest.raises(TypeError, match="needs epochs and lr"):
+        finetune_qa(model, tok, prompts, answers, progress=False)
+    with pytest.raises(TypeError, match="needs lr"):
+        finetune_qa(model, tok, prompts, answers, epochs=1, progress=False)
+    with pytest.raises(TypeError, match="config must be a FinetuneConfig"):
+        finetune_qa(model, tok, prompts, answers, {"epochs": 1, "lr": 1e-3})
+    with pytest.raises(ValueError, match="epochs"):  # an override is validated too
+        finetune_qa(model, tok, prompts, answers, FinetuneConfig(epochs=1, lr=1e-3), epochs=0)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert all(p.requires_grad for p in model.parameters())  # nothing was frozen

@@ -7,7 +7,7 @@ SQuAD/EntityQuestions convention: both strings are normalized (see
 accepted answer after normalization (:func:`exact_match`).
 
 Generic tools over lists of facts from either world (real:
-:mod:`lamini_lite.facts_real`; synthetic: :mod:`lamini_lite.facts_synthetic`):
+:mod:`lamini_lite.facts.real`; synthetic: :mod:`lamini_lite.facts.synthetic`):
 
 * :func:`split_facts` -> :class:`Splits`: train/dev/test per relation with no
   test entity leaking into train (Gekhman et al. 2024);
@@ -239,7 +239,7 @@ def facts_table(facts: Iterable[Fact]):
     ``aliases`` (joined with ``" | "``), ``n_aliases``, ``popularity``, then
     one column per ``meta`` key (missing values are NaN/None).
     """
-    import pandas as pd
+    import pandas as pd  # lazy: pandas is a notebook extra, not a package dependency
 
     rows = []
     for f in _check_fact_list(facts, allow_empty=True):
@@ -291,7 +291,7 @@ class Splits:
 
     def counts(self):
         """A DataFrame: facts per relation (rows) in train/dev/test/removed (columns)."""
-        import pandas as pd
+        import pandas as pd  # lazy: pandas is a notebook extra, not a package dependency
 
         rels = list(relation_counts([*self.train, *self.dev, *self.test, *self.removed_facts]))
         data = {name: relation_counts(part) for name, part in
@@ -317,7 +317,7 @@ def split_facts(facts: Iterable[Fact], *, fractions: tuple[float, float, float] 
     would remove every French city from train. ``entity_object_relations``
     names those relations; None picks them automatically: the relations in
     which distinct objects number at least 80% of the facts (for the real
-    world, :func:`lamini_lite.facts_real.split_real_facts` passes the
+    world, :func:`lamini_lite.facts.real.split_real_facts` passes the
     curated choice instead).
 
     An entity of the test set is: a test subject, or a test object of an

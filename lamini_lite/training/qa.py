@@ -4,6 +4,9 @@ Every chapter that teaches a model facts uses :func:`finetune_qa`: chapter 1
 memorizes random answers with it, chapter 3 fine-tunes on known/unknown facts
 with early stopping, and the MoME chapter uses it as the dense baseline.
 
+Its training knobs (epochs, learning rate, what trains, optimizer, ...) form a
+:class:`FinetuneConfig`, passed whole or field by field as keyword arguments.
+
 What it does, per the conventions of :mod:`lamini_lite.lm`:
 
 * each (prompt, answer) pair is encoded with :func:`~lamini_lite.lm.encode_qa`
@@ -40,7 +43,9 @@ so the model stays the same ``transformers`` object: ``generate``,
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import numbers
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -50,13 +55,14 @@ from typing import Any, Union
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+from transformers.optimization import Adafactor
 
-from .lm import collate_qa, encode_qa, position_ids
-from .seeding import torch_generator
+from ..lm import collate_qa, encode_qa, position_ids
+from ..seeding import torch_generator
+from .layers import FrozenPrefix, decoder_layers, first_trained_layer
 
-__all__ = ["FinetuneHistory", "finetune_qa", "select_trainable", "decoder_layers",
-           "merge_lora", "unload_lora", "has_lora", "qa_loss", "first_trained_layer",
-           "FrozenPrefix", "frozen_prefix_for"]
+__all__ = ["FinetuneConfig", "FinetuneHistory", "finetune_qa", "select_trainable", "merge_lora",
+           "unload_lora", "has_lora", "qa_loss", "frozen_prefix_for"]
 
 TrainableSpec = Union[str, Callable[[torch.nn.Module], Iterable[torch.nn.Parameter]]]
 
@@ -69,10 +75,10 @@ OPTIMIZERS = ("adamw", "adafactor", "sgd")
 class FinetuneHistory:
     """What one :func:`finetune_qa` run did, epoch by epoch."""
 
-    train_loss: list[float] = field(default_factory=list)  # token-weighted mean loss per epoch (nats)
+    train_loss: list[float] = field(default_factory=list)  # mean answer-token loss per epoch, nats
     step_loss: list[float] = field(default_factory=list)  # loss of every optimizer step (nats)
-    evals: list[Any] = field(default_factory=list)  # eval_fn(model, epoch) result per evaluated epoch
-    eval_epochs: list[int] = field(default_factory=list)  # epoch of each entry of evals (0 = before training)
+    evals: list[Any] = field(default_factory=list)  # eval_fn(model, epoch) per evaluated epoch
+    eval_epochs: list[int] = field(default_factory=list)  # epoch of each evals entry (0: start)
     epochs_run: int = 0  # epochs actually trained (fewer than asked if stopped early)
     stopped_early: bool = False  # True when on_epoch_end asked to stop
     trainable: str = ""  # the trainable spec, as text
@@ -93,25 +99,81 @@ class FinetuneHistory:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """The training knobs of one :func:`finetune_qa` run (its callbacks stay arguments).
+
+    ``epochs`` and ``lr`` have no default: every run chooses them. Invalid
+    values raise ``ValueError`` naming the field; a ``trainable`` spec is
+    checked for its form here and against the model by :func:`select_trainable`.
+    """
+
+    epochs: int  # passes over the data (>= 1); each pass is shuffled anew
+    lr: float  # learning rate, constant after the linear warm-up
+    batch_size: int = 16  # (prompt, answer) pairs per optimizer step
+    trainable: TrainableSpec = "all"  # what learns: "all", "top:N", "lora:r" or a callable
+    seed: int = 0  # seeds the epoch shuffles and LoRA's initialization
+    optimizer: str = "adamw"  # "adamw", "adafactor" (as Li et al. 2024) or "sgd"
+    weight_decay: float = 0.0  # the optimizer's weight decay
+    max_grad_norm: float | None = 1.0  # gradient-norm clip (None: no clipping)
+    warmup_steps: int = 0  # steps of linear learning-rate warm-up from lr / warmup_steps
+    lora_alpha: float | None = None  # LoRA scale numerator (None: 2r)
+    eval_every: int = 1  # eval_fn runs after every eval_every-th epoch and the last
+    eval_at_start: bool = False  # eval_fn also runs before training (as epoch 0)
+    desc: str = "fine-tune"  # the progress bar's label
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        if not isinstance(self.epochs, int) or isinstance(self.epochs, bool) or self.epochs < 1:
+            raise ValueError(f"{name}.epochs must be an int >= 1, got {self.epochs!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"{name}.batch_size must be an int >= 1, got {self.batch_size!r}")
+        lr = self.lr
+        if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
+            raise ValueError(f"{name}.lr must be a positive number, got {lr!r}")
+        if not isinstance(self.eval_every, int) or self.eval_every < 1:
+            raise ValueError(f"{name}.eval_every must be an int >= 1, got {self.eval_every!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"{name}.optimizer must be one of {OPTIMIZERS}, "
+                             f"got {self.optimizer!r}")
+        if isinstance(self.trainable, str):
+            _parse_spec(self.trainable)
+        elif not callable(self.trainable):
+            raise ValueError(f"trainable must be a string spec or a callable, "
+                             f"got {self.trainable!r}")
+        for field_name in ("seed", "warmup_steps"):
+            value = getattr(self, field_name)
+            if not _is_int(value) or (field_name == "warmup_steps" and value < 0):
+                expected = "an int >= 0" if field_name == "warmup_steps" else "an int"
+                raise ValueError(f"{name}.{field_name} must be {expected}, got {value!r}")
+        if not _is_real(self.weight_decay) or not 0 <= self.weight_decay < math.inf:
+            raise ValueError(f"{name}.weight_decay must be a finite number >= 0, "
+                             f"got {self.weight_decay!r}")
+        for field_name in ("max_grad_norm", "lora_alpha"):
+            value = getattr(self, field_name)
+            if value is not None and not (_is_real(value) and value > 0):
+                raise ValueError(f"{name}.{field_name} must be a positive number or None, "
+                                 f"got {value!r}")
+        if not isinstance(self.eval_at_start, bool):
+            raise ValueError(f"{name}.eval_at_start must be a bool, got {self.eval_at_start!r}")
+        if not isinstance(self.desc, str):
+            raise ValueError(f"{name}.desc must be a str, got {self.desc!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 # --------------------------------------------------------------------------- trainable
-
-
-def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
-    """The stack of decoder layers of a transformers causal LM (``model.model.layers``
-    for Llama; the first ``ModuleList`` named ``layers``/``h``/``blocks`` otherwise)."""
-    inner = getattr(model, "model", None)
-    if inner is not None and isinstance(getattr(inner, "layers", None), torch.nn.ModuleList):
-        return inner.layers
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.ModuleList) and name.split(".")[-1] in ("layers", "h", "blocks"):
-            return module
-    raise ValueError(f"cannot find the decoder layers of {type(model).__name__} "
-                     "(expected a ModuleList named 'layers', 'h' or 'blocks')")
 
 
 def has_lora(model: torch.nn.Module) -> bool:
     """True when LoRA adapters are injected in ``model``."""
-    from peft.tuners.lora import LoraLayer
+    from peft.tuners.lora import LoraLayer  # lazy: peft is needed for LoRA only
     return any(isinstance(m, LoraLayer) for m in model.modules())
 
 
@@ -172,7 +234,7 @@ def select_trainable(model: torch.nn.Module, trainable: TrainableSpec = "all", *
             p.requires_grad_(True)
         return _unique(chosen)
     # LoRA, injected in place so the model keeps its class and methods.
-    from peft import LoraConfig, inject_adapter_in_model
+    from peft import LoraConfig, inject_adapter_in_model  # lazy: LoRA only
     if not has_lora(model):
         config = LoraConfig(r=n, lora_alpha=lora_alpha if lora_alpha is not None else 2 * n,
                             lora_dropout=0.0, target_modules=list(lora_targets), bias="none")
@@ -197,7 +259,7 @@ def _unique(params: Iterable[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
 
 
 def _replace_lora_layers(model: torch.nn.Module, merge: bool) -> torch.nn.Module:
-    from peft.tuners.lora import LoraLayer
+    from peft.tuners.lora import LoraLayer  # lazy: peft is needed for LoRA only
     targets = [(name, m) for name, m in model.named_modules() if isinstance(m, LoraLayer)]
     if not targets:
         raise ValueError("the model has no LoRA adapters to merge or unload")
@@ -242,80 +304,6 @@ def qa_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[tor
     return loss / max(n, 1), n
 
 
-def first_trained_layer(model: torch.nn.Module) -> int:
-    """Index of the lowest decoder layer with a trainable parameter.
-
-    Returns 0 when the input embeddings (or anything outside the decoder
-    layers below it) train, and the number of layers when no layer trains.
-    """
-    layers = decoder_layers(model)
-    in_layers = {id(p) for layer in layers for p in layer.parameters()}
-    if any(p.requires_grad and id(p) not in in_layers
-           for p in model.get_input_embeddings().parameters()):
-        return 0
-    for i, layer in enumerate(layers):
-        if any(p.requires_grad for p in layer.parameters()):
-            return i
-    return len(layers)
-
-
-class FrozenPrefix:
-    """Hidden states entering decoder layer ``first`` for each encoded QA pair, computed once.
-
-    While nothing below ``first`` learns these states never change, so each
-    training step or evaluation can run only layers ``first..`` and the LM
-    head, and the head only on answer positions. ``encoded`` holds
-    :func:`~lamini_lite.lm.encode_qa` pairs; rows are picked by index.
-    :meth:`loss` equals :func:`qa_loss` on the same batch up to float
-    rounding. Llama-family models (``model.model.norm``) only.
-    """
-
-    def __init__(self, model: torch.nn.Module, encoded: Sequence[tuple[list[int], list[int]]],
-                 first: int):
-        from .mome import layer_inputs
-        n_layers = len(decoder_layers(model))
-        if not 0 < first < n_layers:
-            raise ValueError(f"first must be in [1, {n_layers - 1}], got {first!r}")
-        self.model, self.first, self.encoded = model, first, list(encoded)
-        self.states = []
-        for ids, _ in self.encoded:
-            batch = {"input_ids": torch.tensor([ids]),
-                     "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
-            self.states.append(layer_inputs(model, first, batch)[0][0])
-
-    def _answer_logits(self, tokenizer, idx: Sequence[int]):
-        from .mome import layer_inputs, run_from
-        batch = collate_qa(tokenizer, [self.encoded[i] for i in idx])
-        _, kw = layer_inputs(self.model, 0, batch)  # mask and rotary terms only
-        width = batch["input_ids"].shape[1]
-        h = self.states[idx[0]].new_zeros(len(idx), width, self.states[idx[0]].shape[-1])
-        for row, i in enumerate(idx):
-            h[row, width - self.states[i].shape[0]:] = self.states[i]
-        tgt = batch["labels"][:, 1:]
-        where = tgt != -100
-        hidden = run_from(self.model, self.first, h, kw)[:, :-1][where]
-        return self.model.get_output_embeddings()(hidden).float(), tgt[where], where.sum(-1)
-
-    def loss(self, tokenizer, idx: Sequence[int]) -> tuple[torch.Tensor, int]:
-        """``(mean answer-token loss, n answer tokens)`` of rows ``idx``, as :func:`qa_loss`."""
-        logits, tgt, _ = self._answer_logits(tokenizer, idx)
-        return F.cross_entropy(logits, tgt, reduction="sum") / max(len(tgt), 1), len(tgt)
-
-    @torch.no_grad()
-    def token_scores(self, tokenizer, idx: Sequence[int] | None = None
-                     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Per row: answer-token losses (nats) and whether each token is the argmax.
-
-        The same as :func:`~lamini_lite.lm.answer_token_losses` with
-        ``return_hits=True``, at the cost of the layers from ``first`` up.
-        """
-        idx = list(range(len(self.encoded))) if idx is None else list(idx)
-        logits, tgt, counts = self._answer_logits(tokenizer, idx)
-        loss = F.cross_entropy(logits, tgt, reduction="none")
-        hit = logits.argmax(-1) == tgt
-        return list(loss.split(counts.tolist())), list(hit.split(counts.tolist()))
-
-
 def frozen_prefix_for(model: torch.nn.Module, tokenizer, prompts: Sequence[str],
                       answers: Sequence[str], trainable: TrainableSpec) -> "FrozenPrefix | None":
     """A :class:`FrozenPrefix` of (prompt, answer) pairs for ``trainable="top:N"``, else None.
@@ -337,7 +325,6 @@ def _make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float,
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     if name == "adafactor":
-        from transformers.optimization import Adafactor
         return Adafactor(params, lr=lr, weight_decay=weight_decay, scale_parameter=False,
                          relative_step=False, warmup_init=False)
     if name == "sgd":
@@ -346,30 +333,30 @@ def _make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float,
 
 
 def finetune_qa(model: torch.nn.Module, tokenizer, prompts: Sequence[str],
-                answers: Sequence[str], *, epochs: int, lr: float, batch_size: int = 16,
-                trainable: TrainableSpec = "all", seed: int = 0, optimizer: str = "adamw",
-                weight_decay: float = 0.0, max_grad_norm: float | None = 1.0,
-                warmup_steps: int = 0, lora_alpha: float | None = None,
+                answers: Sequence[str], config: FinetuneConfig | None = None, *,
                 eval_fn: Callable[[torch.nn.Module, int], Any] | None = None,
-                eval_every: int = 1, eval_at_start: bool = False,
                 on_epoch_end: Callable[[int, FinetuneHistory], bool | None] | None = None,
                 cache_frozen_prefix: "bool | FrozenPrefix" = False,
-                progress: bool = True, desc: str = "fine-tune") -> FinetuneHistory:
+                progress: bool = True, **overrides: Any) -> FinetuneHistory:
     """Fine-tune ``model`` in place on (prompt, answer) pairs; return its history.
+
+    The training knobs live in a :class:`FinetuneConfig`: pass one as
+    ``config``, or pass its fields as keyword arguments (``overrides``), or
+    both -- overrides then replace the config's fields. ``epochs`` and ``lr``
+    have no default, so without a config they must be given::
+
+        finetune_qa(model, tok, prompts, answers, epochs=3, lr=1e-3, trainable="top:1")
+        finetune_qa(model, tok, prompts, answers, FinetuneConfig(epochs=3, lr=1e-3), seed=1)
 
     Args:
         model: a transformers causal LM (SmolLM2, a tiny Llama, ...).
         tokenizer: its tokenizer (a pad token id is used for padding, else 0).
         prompts, answers: the QA pairs (same length); the model learns to
             write ``" " + answer + "\\n"`` after each prompt.
-        epochs: passes over the data (>= 1); each pass is shuffled anew.
-        lr: learning rate (constant after ``warmup_steps`` linear warm-up).
-        batch_size: pairs per optimizer step.
-        trainable: what learns, see :func:`select_trainable`.
-        seed: makes the run deterministic (shuffles, LoRA init).
-        optimizer: ``"adamw"`` (default), ``"adafactor"`` (as Li et al. 2024) or ``"sgd"``.
-        weight_decay, max_grad_norm: AdamW decay; gradient-norm clip (None: off).
-        lora_alpha: LoRA scale numerator (default 2r).
+        config: the run's :class:`FinetuneConfig` (epochs, lr, batch_size,
+            trainable -- see :func:`select_trainable` --, seed, optimizer,
+            weight_decay, max_grad_norm, warmup_steps, lora_alpha, eval_every,
+            eval_at_start, desc); None: built from ``overrides``.
         eval_fn: ``eval_fn(model, epoch)`` after every ``eval_every``-th epoch
             and after the last one (and at epoch 0 if ``eval_at_start``); its
             result is appended to ``history.evals``. The model is in eval mode
@@ -383,11 +370,56 @@ def finetune_qa(model: torch.nn.Module, tokenizer, prompts: Sequence[str],
             :func:`frozen_prefix_for`, to score them between epochs too) is
             used as it is instead of being computed again.
         progress: show a tqdm bar over steps with the running loss.
+        **overrides: :class:`FinetuneConfig` fields by name, e.g.
+            ``epochs=3, lr=1e-3``; any other name raises ``TypeError``.
 
     Returns:
         A :class:`FinetuneHistory`. The model is left in eval mode, its frozen
         parameters' ``requires_grad`` flags restored.
+
+    Raises:
+        TypeError: prompts or answers are strings, a name in ``overrides`` is
+            not a field, or ``epochs`` / ``lr`` are missing without a config.
+        ValueError: the pairs are empty or of different lengths, a field is
+            invalid (see :class:`FinetuneConfig`), or ``cache_frozen_prefix``
+            does not fit the model and pairs.
     """
+    _check_pairs(prompts, answers)
+    cfg = _resolve_config(config, overrides)
+    flags = {id(p): p.requires_grad for p in model.parameters()}
+    run = _setup(model, tokenizer, prompts, answers, cfg, cache_frozen_prefix)
+    run.eval_fn, run.on_epoch_end = eval_fn, on_epoch_end
+    start = time.perf_counter()
+    try:
+        _train(run, progress)
+    finally:
+        model.eval()
+        for p in model.parameters():
+            if id(p) in flags:
+                p.requires_grad_(flags[id(p)])
+        run.history.seconds = time.perf_counter() - start
+    return run.history
+
+
+@dataclass
+class _Run:
+    """What the steps of one :func:`finetune_qa` run share."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    cfg: FinetuneConfig
+    params: list[torch.nn.Parameter]  # the trained parameters (what is clipped)
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR  # the linear warm-up
+    encoded: list[Any]  # encode_qa of every pair
+    prefix: FrozenPrefix | None  # cached frozen layers, or None: full forward
+    gen: torch.Generator  # the epoch shuffles
+    history: FinetuneHistory
+    eval_fn: Callable[[torch.nn.Module, int], Any] | None = None
+    on_epoch_end: Callable[[int, FinetuneHistory], bool | None] | None = None
+
+
+def _check_pairs(prompts: Sequence[str], answers: Sequence[str]) -> None:
     if isinstance(prompts, str) or isinstance(answers, str):
         raise TypeError("prompts and answers must be lists of strings, not strings")
     if len(prompts) != len(answers):
@@ -395,27 +427,47 @@ def finetune_qa(model: torch.nn.Module, tokenizer, prompts: Sequence[str],
                          f"{len(prompts)} and {len(answers)}")
     if not prompts:
         raise ValueError("finetune_qa needs at least one (prompt, answer) pair")
-    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
-        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
-    if not isinstance(eval_every, int) or eval_every < 1:
-        raise ValueError(f"eval_every must be an int >= 1, got {eval_every!r}")
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
 
-    flags = {id(p): p.requires_grad for p in model.parameters()}
-    params = select_trainable(model, trainable, seed=seed, lora_alpha=lora_alpha)
-    history = FinetuneHistory(trainable=trainable if isinstance(trainable, str)
-                              else getattr(trainable, "__name__", "callable"),
+
+def _resolve_config(config: FinetuneConfig | None, overrides: dict[str, Any]) -> FinetuneConfig:
+    """``config`` with ``overrides`` applied (validated by :class:`FinetuneConfig`)."""
+    names = [f.name for f in dataclasses.fields(FinetuneConfig)]
+    unknown = [k for k in overrides if k not in names]
+    if unknown:
+        raise TypeError(f"finetune_qa got unexpected keyword argument(s) "
+                        f"{', '.join(map(repr, unknown))}; the FinetuneConfig fields are "
+                        f"{', '.join(names)}")
+    if config is None:
+        missing = [k for k in ("epochs", "lr") if k not in overrides]
+        if missing:
+            raise TypeError(f"finetune_qa needs {' and '.join(missing)}: pass them as keyword "
+                            f"arguments or in a FinetuneConfig")
+        return FinetuneConfig(**overrides)
+    if not isinstance(config, FinetuneConfig):
+        raise TypeError(f"config must be a FinetuneConfig or None, got {type(config).__name__}")
+    return dataclasses.replace(config, **overrides) if overrides else config
+
+
+def _setup(model: torch.nn.Module, tokenizer, prompts: Sequence[str], answers: Sequence[str],
+           cfg: FinetuneConfig, cache_frozen_prefix: "bool | FrozenPrefix") -> _Run:
+    """Freeze what does not learn; build the optimizer, schedule, encodings and prefix cache."""
+    params = select_trainable(model, cfg.trainable, seed=cfg.seed, lora_alpha=cfg.lora_alpha)
+    history = FinetuneHistory(trainable=cfg.trainable if isinstance(cfg.trainable, str)
+                              else getattr(cfg.trainable, "__name__", "callable"),
                               n_trainable=sum(p.numel() for p in params))
-    opt = _make_optimizer(optimizer, params, float(lr), weight_decay)
+    opt = _make_optimizer(cfg.optimizer, params, float(cfg.lr), cfg.weight_decay)
+    warmup_steps = cfg.warmup_steps
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0)
     encoded = [encode_qa(tokenizer, p, a) for p, a in zip(prompts, answers)]
-    prefix = None
+    prefix = _frozen_prefix(model, encoded, cache_frozen_prefix)
+    return _Run(model, tokenizer, cfg, params, opt, sched, encoded, prefix,
+                torch_generator(cfg.seed), history)
+
+
+def _frozen_prefix(model: torch.nn.Module, encoded: list[Any],
+                   cache_frozen_prefix: "bool | FrozenPrefix") -> FrozenPrefix | None:
+    """The prefix cache :func:`finetune_qa` uses (checked if given), or None."""
     if isinstance(cache_frozen_prefix, FrozenPrefix):
         prefix = cache_frozen_prefix
         if prefix.model is not model or prefix.encoded != encoded:
@@ -423,59 +475,69 @@ def finetune_qa(model: torch.nn.Module, tokenizer, prompts: Sequence[str],
         if first_trained_layer(model) < prefix.first:
             raise ValueError(f"cache_frozen_prefix starts at layer {prefix.first}, but "
                              f"layer {first_trained_layer(model)} trains")
-    elif cache_frozen_prefix:
+        return prefix
+    if cache_frozen_prefix:
         first = first_trained_layer(model)
         if 0 < first < len(decoder_layers(model)):
-            prefix = FrozenPrefix(model, encoded, first)
-    gen = torch_generator(seed)
-    n_batches = math.ceil(len(encoded) / batch_size)
-    start = time.perf_counter()
+            return FrozenPrefix(model, encoded, first)
+    return None
 
-    def run_eval(epoch: int) -> None:
-        model.eval()
-        with torch.no_grad():
-            history.evals.append(eval_fn(model, epoch))
-        history.eval_epochs.append(epoch)
 
-    try:
-        if eval_fn is not None and eval_at_start:
-            run_eval(0)
-        bar = tqdm(total=epochs * n_batches, desc=desc, disable=not progress, leave=False)
-        for epoch in range(1, epochs + 1):
-            model.train()
-            order = torch.randperm(len(encoded), generator=gen).tolist()
-            total, count = 0.0, 0
-            for b in range(n_batches):
-                idx = order[b * batch_size:(b + 1) * batch_size]
-                if prefix is not None:
-                    loss, n_tok = prefix.loss(tokenizer, idx)
-                else:
-                    loss, n_tok = qa_loss(model, collate_qa(tokenizer, [encoded[i] for i in idx]))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-                opt.step()
-                sched.step()
-                value = float(loss.detach())
-                history.step_loss.append(value)
-                total, count = total + value * n_tok, count + n_tok
-                bar.update(1)
-                bar.set_postfix(epoch=epoch, loss=f"{value:.3f}")
-            history.train_loss.append(total / max(count, 1))
-            history.epochs_run = epoch
-            if eval_fn is not None and (epoch % eval_every == 0 or epoch == epochs):
-                run_eval(epoch)
-            if on_epoch_end is not None and on_epoch_end(epoch, history):
-                history.stopped_early = True
-                if eval_fn is not None and history.eval_epochs[-1:] != [epoch]:
-                    run_eval(epoch)
-                break
-        bar.close()
-    finally:
-        model.eval()
-        for p in model.parameters():
-            if id(p) in flags:
-                p.requires_grad_(flags[id(p)])
-        history.seconds = time.perf_counter() - start
-    return history
+def _train(run: _Run, progress: bool) -> None:
+    """The epochs, with their evaluations and early stopping, under one progress bar."""
+    cfg, history = run.cfg, run.history
+    n_batches = math.ceil(len(run.encoded) / cfg.batch_size)
+    if run.eval_fn is not None and cfg.eval_at_start:
+        _evaluate(run, 0)
+    bar = tqdm(total=cfg.epochs * n_batches, desc=cfg.desc, disable=not progress, leave=False)
+    for epoch in range(1, cfg.epochs + 1):
+        _epoch(run, epoch, n_batches, bar)
+        if run.eval_fn is not None and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
+            _evaluate(run, epoch)
+        if run.on_epoch_end is not None and run.on_epoch_end(epoch, history):
+            history.stopped_early = True
+            if run.eval_fn is not None and history.eval_epochs[-1:] != [epoch]:
+                _evaluate(run, epoch)
+            break
+    bar.close()
+
+
+def _epoch(run: _Run, epoch: int, n_batches: int, bar: tqdm) -> None:
+    """One shuffled pass over the pairs; records its token-weighted mean loss."""
+    run.model.train()
+    order = torch.randperm(len(run.encoded), generator=run.gen).tolist()
+    size = run.cfg.batch_size
+    total, count = 0.0, 0
+    for b in range(n_batches):
+        value, n_tok = _step(run, order[b * size:(b + 1) * size])
+        total, count = total + value * n_tok, count + n_tok
+        bar.update(1)
+        bar.set_postfix(epoch=epoch, loss=f"{value:.3f}")
+    run.history.train_loss.append(total / max(count, 1))
+    run.history.epochs_run = epoch
+
+
+def _step(run: _Run, idx: list[int]) -> tuple[float, int]:
+    """One optimizer step on the pairs ``idx``; returns (its loss, its answer tokens)."""
+    if run.prefix is not None:
+        loss, n_tok = run.prefix.loss(run.tokenizer, idx)
+    else:
+        loss, n_tok = qa_loss(run.model,
+                              collate_qa(run.tokenizer, [run.encoded[i] for i in idx]))
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if run.cfg.max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(run.params, run.cfg.max_grad_norm)
+    run.opt.step()
+    run.sched.step()
+    value = float(loss.detach())
+    run.history.step_loss.append(value)
+    return value, n_tok
+
+
+def _evaluate(run: _Run, epoch: int) -> None:
+    """``eval_fn(model, epoch)`` in eval mode without gradients, into the history."""
+    run.model.eval()
+    with torch.no_grad():
+        run.history.evals.append(run.eval_fn(run.model, epoch))
+    run.history.eval_epochs.append(epoch)
