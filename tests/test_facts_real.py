@@ -150,3 +150,15 @@ def test_real_splits_no_leakage():
                    for f in s.train if f.relation == "capital")
     # shared answers (the euro, continents) do not empty train
     assert set(relation_counts(s.train)) == set(RELATIONS)
+
+
+def test_country_facts_carry_their_own_country_code(all_facts):
+    """Every country fact's meta names its own country (a currency fact once carried the
+    code of the last country in the table, for every country)."""
+    codes = {}
+    for f in all_facts:
+        if f.relation in ("capital", "continent", "currency"):
+            codes.setdefault(f.subject, set()).add(f.meta["subject_id"])
+    assert all(len(c) == 1 for c in codes.values())
+    currency_ids = {f.meta["subject_id"] for f in all_facts if f.relation == "currency"}
+    assert len(currency_ids) == sum(f.relation == "currency" for f in all_facts) > 50

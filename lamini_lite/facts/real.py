@@ -415,14 +415,13 @@ def _continent_fact(pool: _Pool, c: _Country) -> None:
                                              c.population, subject_id=c.code, object_id=cont))
 
 
-def _country_facts(pool: _Pool, countries: dict[str, _Country], cities: dict) -> str | None:
-    """Capital and continent facts into ``pool``; the last country's code is returned."""
+def _country_facts(pool: _Pool, countries: dict[str, _Country], cities: dict) -> None:
+    """Capital and continent facts into ``pool``."""
     by_country: dict[str, list[dict]] = defaultdict(list)
     for c in cities.values():
         by_country[c["countrycode"]].append(c)
     country_names = {normalize_answer(a) for c in countries.values() for a in c.aliases}
     # (a capital spelled like a country -- Singapore, Djibouti -- is a giveaway anyway)
-    last = None
     for code in sorted(_sources()[0]):
         if code in _DEFUNCT:
             for rel in ("capital", "continent", "currency"):
@@ -433,10 +432,8 @@ def _country_facts(pool: _Pool, countries: dict[str, _Country], cities: dict) ->
             for rel in ("capital", "continent", "currency"):
                 pool.dropped[(rel, "missing data")] += 1
             continue
-        last = code
         _capital_fact(pool, c, by_country, country_names)
         _continent_fact(pool, c)
-    return last
 
 
 def _currency_tables(gn_all: dict) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
@@ -450,12 +447,8 @@ def _currency_tables(gn_all: dict) -> tuple[dict[str, set[str]], dict[str, set[s
     return name_codes, code_countries
 
 
-def _currency_facts(pool: _Pool, countries: dict[str, _Country], subject_id: str) -> None:
-    """Currency facts, country by country (by ISO code), into ``pool``.
-
-    Every fact's ``meta["subject_id"]`` is ``subject_id`` (as the original code
-    did, it is the last country of :func:`_country_facts`, not the fact's own).
-    """
+def _currency_facts(pool: _Pool, countries: dict[str, _Country]) -> None:
+    """Currency facts, country by country (by ISO code), into ``pool``."""
     gn_all = _sources()[0]
     name_codes, code_countries = _currency_tables(gn_all)
     for code in sorted(gn_all):
@@ -481,7 +474,7 @@ def _currency_facts(pool: _Pool, countries: dict[str, _Country], subject_id: str
                 pool.dropped[("currency", "giveaway")] += 1
             else:
                 pool.facts["currency"].append(_fact("currency", c.name, name, names,
-                                                    c.population, subject_id=subject_id,
+                                                    c.population, subject_id=code,
                                                     object_id=cur))
 
 
@@ -558,8 +551,8 @@ def _pool() -> _Pool:
     countries = _countries()
     pool = _Pool(facts={r: [] for r in RELATIONS},
                  ambiguous={"city_country": [], "us_state": []}, dropped=Counter())
-    last = _country_facts(pool, countries, cities)  # also counts skipped countries' currency
-    _currency_facts(pool, countries, last)
+    _country_facts(pool, countries, cities)  # also counts skipped countries' currency
+    _currency_facts(pool, countries)
     _city_relation_facts(pool, countries, cities, states)
     for rel in pool.facts:
         pool.facts[rel].sort(key=lambda f: (-f.popularity, f.subject))
