@@ -5,8 +5,11 @@
 of :mod:`lamini_lite.facts.synthetic`, trained once and then loaded from the
 result cache (keyed by the world's config, seed and corpus, the model and
 training config, and the seed). Training is budgeted in optimizer steps, not
-wall time, so a run is the same on any machine: same seed and config, same
-weights, bit for bit (on CPU).
+wall time, so a run does the same work on any machine. Same seed and config give
+the same weights bit for bit on a given CPU and library build (training runs on
+one thread, so the thread count cannot reorder sums); another CPU's math
+kernels may round differently, and then the weights differ (the claims the
+chapters check are tested on several seeds for that reason).
 
 The training objective is plain next-token prediction on the corpus: the
 corpus items (statements, a few QA pairs, code lines) are shuffled every
@@ -144,10 +147,11 @@ def pretrain(model: torch.nn.Module, world: SyntheticWorld, tokenizer, config: P
     Returns JSON-able information: ``loss_curve`` (loss of every step, nats
     per token), ``train_seconds``, ``tokens_seen``, ``corpus_tokens`` and
     ``epochs`` (passes over the corpus). Runs on one CPU thread and is
-    deterministic for a seed: the same weights, bit for bit, on any machine.
+    deterministic for a seed: the same weights, bit for bit, on a given CPU and build.
     """
     # One thread: the matrices are tiny (little to gain from more), and a fixed
-    # thread count makes the weights bitwise identical on every machine.
+    # thread count keeps the order of every sum, so the weights are bitwise
+    # reproducible on a machine.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
