@@ -174,6 +174,24 @@ def test_save_load_roundtrip_and_compatibility(char_tok, tmp_path):
         M.load_memory(_model(char_tok, hidden=32), path)
     with pytest.raises(M.MemoryCompatibilityError, match="config"):
         M.load_memory(_model(char_tok), path, config=M.MoMEConfig.preset("test"))
+    # saving never silently replaces a file, and a refused save leaves it as it was
+    before = path.read_bytes()
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        M.save_memory(model, path)
+    assert path.read_bytes() == before
+    assert M.save_memory(model, path, overwrite=True) == path
+    assert [p.name for p in tmp_path.iterdir()] == ["mem.safetensors"]  # no temporary left
+    # a corrupt or foreign file is a clear error naming it, not a safetensors crash
+    bad = tmp_path / "corrupt.safetensors"
+    bad.write_bytes(before[:40])
+    with pytest.raises(M.MemoryCompatibilityError, match="corrupt.safetensors"):
+        M.load_memory(_model(char_tok), bad)
+    bad.write_bytes(b"\xff" * 64)
+    target = _model(char_tok)
+    with pytest.raises(M.MemoryCompatibilityError, match="not a readable"):
+        M.load_memory(target, bad)
+    with pytest.raises(ValueError, match="no memory"):  # nothing half-attached
+        M.get_memory(target)
 
 
 def test_written_gate_silences_tokens_off_the_written_rows():

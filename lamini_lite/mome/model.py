@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -198,10 +200,21 @@ def backbone_signature(model: nn.Module) -> dict[str, Any]:
             "embedding_hash": digest}
 
 
-def save_memory(model: nn.Module, path: str | Path) -> Path:
-    """Write the attached memory alone (no backbone weights) to a safetensors file."""
+def save_memory(model: nn.Module, path: str | Path, *, overwrite: bool = False) -> Path:
+    """Write the attached memory alone (no backbone weights) to a safetensors file.
 
+    The file is written to a temporary name in the same folder and renamed into
+    place, so an interrupted save never leaves a half-written file. An existing
+    file is never replaced unless ``overwrite=True``.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+    """
     mome = get_memory(model)
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it, or choose "
+                              f"another path")
     tensors = {}
     for idx, m in mome.layers.items():
         p = f"layer{idx}."
@@ -215,10 +228,36 @@ def save_memory(model: nn.Module, path: str | Path) -> Path:
     meta = {"format": "lamini_lite.mome/1", "config": mome.config.to_json(),
             "layer_ids": json.dumps(mome.layer_ids),
             "backbone": json.dumps(backbone_signature(model), sort_keys=True)}
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=meta)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return path
+
+
+def _read_memory_file(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """The metadata and tensors of a saved memory; MemoryCompatibilityError if unreadable."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != "lamini_lite.mome/1":
+                raise MemoryCompatibilityError(f"{path} is not a saved MoME memory "
+                                               f"(no 'lamini_lite.mome/1' format tag)")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except MemoryCompatibilityError:
+        raise
+    except Exception as e:  # safetensors raises its own error type for a corrupt header
+        raise MemoryCompatibilityError(f"{path} is not a readable safetensors file "
+                                       f"({type(e).__name__}: {e})") from e
+    missing = [k for k in ("config", "layer_ids", "backbone") if k not in meta]
+    if missing:
+        raise MemoryCompatibilityError(f"{path} lacks the metadata {missing} of a saved memory")
+    return meta, tensors
 
 
 def load_memory(model: nn.Module, path: str | Path, *,
@@ -226,19 +265,16 @@ def load_memory(model: nn.Module, path: str | Path, *,
     """Attach a memory saved by :func:`save_memory` to ``model`` (a fresh backbone).
 
     Raises:
-        MemoryCompatibilityError: the file was saved on a different backbone
-            (shape or weights), or ``config`` differs from the saved one.
+        MemoryCompatibilityError: the file is not a readable saved memory
+            (corrupt, truncated, another format), was saved on a different
+            backbone (shape or weights), or ``config`` differs from the saved one.
         FileNotFoundError: no such file.
     """
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no memory file at {path}")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != "lamini_lite.mome/1":
-            raise MemoryCompatibilityError(f"{path} is not a saved MoME memory")
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    meta, tensors = _read_memory_file(path)
     saved_cfg = MoMEConfig.from_json(meta["config"])
     if config is not None and config != saved_cfg:
         raise MemoryCompatibilityError(f"config differs from the saved memory's: given {config}, "
