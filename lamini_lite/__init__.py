@@ -16,6 +16,8 @@ sizes, claims, result types and plots). Library modules never import them.
   and their evaluation.
 * ``mome/``      -- :func:`add_memory_experts`, :func:`memorize`: memory experts on
   a frozen model (``config``, ``layer``, ``model``, ``train``, as PEFT lays out LoRA).
+* ``editing``    -- reliability, generality and locality of stored facts (the
+  model-editing literature's triangle), as a user sees them.
 * ``cost``       -- :func:`estimate_cost`, :func:`paper_llama3_400b_example`.
 * ``kernels``    -- ``lamini_lite.kernels.memory_lookup``: the Triton lookup.
 * infrastructure -- ``profiles`` (:func:`sizes`), ``cache`` (:func:`cached`),

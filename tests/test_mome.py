@@ -475,3 +475,43 @@ def test_memorize_config_overrides(char_tok):
         assert res.loss_history == runs[0][0].loss_history
         assert res.max_token_loss == runs[0][0].max_token_loss
         assert torch.equal(values, runs[0][1])
+
+
+def test_disable_memory_runs_the_plain_backbone_and_restores(char_tok):
+    model = _model(char_tok)
+    prompts, answers = _facts(3)
+    plain = greedy_answers(model, char_tok, prompts, max_new_tokens=8)
+    M.add_memory_experts(model, M.MoMEConfig.preset("test", gate="none"), tokenizer=char_tok)
+    M.memorize(model, char_tok, prompts, answers, max_epochs=60, loss_threshold=None, lr=0.5,
+               progress=False)
+    with M.disable_memory(model) as mome:
+        assert not mome.enabled
+        assert greedy_answers(model, char_tok, prompts, max_new_tokens=8) == plain
+    assert greedy_answers(model, char_tok, prompts, max_new_tokens=8) == answers
+    with pytest.raises(RuntimeError, match="boom"), M.disable_memory(model):
+        raise RuntimeError("boom")
+    assert M.get_memory(model).enabled  # restored even when the block raised
+
+
+def test_save_and_from_pretrained_folder(char_tok, tmp_path):
+    model = _model(char_tok)
+    prompts, answers = _facts(3)
+    M.add_memory_experts(model, M.MoMEConfig.preset("test", gate="none"), tokenizer=char_tok)
+    M.memorize(model, char_tok, prompts, answers, max_epochs=60, loss_threshold=None, lr=0.5,
+               progress=False)
+    folder = M.save_pretrained(model, tmp_path / "adapter")
+    assert sorted(p.name for p in folder.iterdir()) == sorted([M.CONFIG_FILE, M.MEMORY_FILE])
+    fresh = _model(char_tok)
+    mome = M.from_pretrained(fresh, folder)
+    assert mome.config == M.get_memory(model).config
+    assert greedy_answers(fresh, char_tok, prompts, max_new_tokens=8) == answers
+    before = (folder / M.MEMORY_FILE).read_bytes()
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        M.save_pretrained(model, folder)
+    assert (folder / M.MEMORY_FILE).read_bytes() == before
+    M.save_pretrained(model, folder, overwrite=True)
+    with pytest.raises(FileNotFoundError, match=M.CONFIG_FILE):
+        M.from_pretrained(_model(char_tok), tmp_path)
+    (folder / M.CONFIG_FILE).write_text("{not json")
+    with pytest.raises(M.MemoryCompatibilityError, match=M.CONFIG_FILE):
+        M.from_pretrained(_model(char_tok), folder)

@@ -53,6 +53,7 @@ import torch
 
 from ..cache import cached, fingerprint
 from ..claims import Claim
+from ..editing import QA_EXEMPLARS
 from ..facts import Fact, exact_match, qa_prompt
 from ..facts.real import load_real_facts
 from ..facts.synthetic import random_code_facts
@@ -285,11 +286,9 @@ def overlap_reduction(rows: Sequence[Mapping], norm: str = "batchnorm") -> float
 
 
 # Two true exemplars in front of every fact question (an instruct model asked
-# zero-shot often answers in sentences); their subjects are never memorized.
-EXEMPLARS: tuple[tuple[str, str], ...] = (
-    ("What is the capital of France?", "Paris"),
-    ("Which continent is Brazil located in?", "South America"),
-)
+# zero-shot often answers in sentences); their subjects are never memorized. The
+# same as the editing evaluation's (lamini_lite.editing), so its scores compare.
+EXEMPLARS: tuple[tuple[str, str], ...] = QA_EXEMPLARS
 
 # Questions unrelated to the memorized facts, asked zero-shot ("Q: ...\nA:").
 UNRELATED_QUESTIONS: tuple[str, ...] = (

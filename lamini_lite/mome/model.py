@@ -31,11 +31,12 @@ The pieces:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,9 @@ from .config import MemoryCompatibilityError, MoMEConfig
 from .layer import MemoryLayer, TrainContext
 
 __all__ = ["MoME", "add_memory_experts", "remove_memory_experts", "get_memory", "save_memory",
-           "load_memory", "calibrate_query_norm", "backbone_signature", "CALIBRATION_TEXT"]
+           "load_memory", "save_pretrained", "from_pretrained", "disable_memory",
+           "calibrate_query_norm", "backbone_signature", "CALIBRATION_TEXT", "MEMORY_FILE",
+           "CONFIG_FILE"]
 
 
 class MoME:
@@ -166,6 +169,22 @@ def remove_memory_experts(model: nn.Module) -> MoME:
     mome.detach()
     del model.__dict__[MEMORY_ATTRIBUTE]
     return mome
+
+
+@contextlib.contextmanager
+def disable_memory(model: nn.Module) -> Iterator[MoME]:
+    """``with disable_memory(model): ...`` runs the plain backbone; the memory is back after.
+
+    The memory stays attached (nothing is detached or copied); it only stops
+    adding to the residual stream inside the block, even if the block raises.
+    """
+    mome = get_memory(model)
+    was = mome.enabled
+    mome.enabled = False
+    try:
+        yield mome
+    finally:
+        mome.enabled = was
 
 
 @torch.no_grad()
@@ -301,6 +320,50 @@ def load_memory(model: nn.Module, path: str | Path, *,
             m.match_keys = tensors[p + "match_keys"].to(m.store.dtype)
         m.calibrated = True
     return mome
+
+
+MEMORY_FILE = "memory.safetensors"
+CONFIG_FILE = "mome_config.json"
+
+
+def save_pretrained(model: nn.Module, directory: str | Path, *, overwrite: bool = False) -> Path:
+    """Save the attached memory as PEFT saves an adapter: a folder with the config as JSON
+    (:data:`CONFIG_FILE`) and the memory (:data:`MEMORY_FILE`, see :func:`save_memory`).
+
+    Raises:
+        FileExistsError: either file exists and ``overwrite`` is False (nothing is written).
+    """
+    directory = Path(directory)
+    files = [directory / CONFIG_FILE, directory / MEMORY_FILE]
+    taken = [str(f) for f in files if f.exists()]
+    if taken and not overwrite:
+        raise FileExistsError(f"{taken} exist; pass overwrite=True to replace them, or choose "
+                              f"another directory")
+    mome = get_memory(model)
+    save_memory(model, files[1], overwrite=overwrite)
+    fd, tmp = tempfile.mkstemp(prefix=f".{CONFIG_FILE}.", suffix=".tmp", dir=directory)
+    with os.fdopen(fd, "w") as f:
+        f.write(mome.config.to_json())
+    os.replace(tmp, files[0])
+    return directory
+
+
+def from_pretrained(model: nn.Module, directory: str | Path) -> MoME:
+    """Attach the memory saved by :func:`save_pretrained` in ``directory`` to ``model``.
+
+    Raises:
+        FileNotFoundError: the folder lacks :data:`CONFIG_FILE` or :data:`MEMORY_FILE`.
+        MemoryCompatibilityError: the files do not fit this backbone or each other.
+    """
+    directory = Path(directory)
+    cfg_path = directory / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"no {CONFIG_FILE} in {directory} (saved by save_pretrained?)")
+    try:
+        config = MoMEConfig.from_json(cfg_path.read_text())
+    except (ValueError, TypeError, KeyError) as e:
+        raise MemoryCompatibilityError(f"{cfg_path} is not a MoME config: {e}") from e
+    return load_memory(model, directory / MEMORY_FILE, config=config)
 
 
 CALIBRATION_TEXT: list[str] = [
