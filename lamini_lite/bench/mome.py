@@ -5,7 +5,7 @@ Usage::
     python -m lamini_lite.bench mome [--facts 16] [--n-keys 1024] [--answer-chars 32]
                                      [--methods mome,top2,lora] [--scale] [--seed 0]
     python -m lamini_lite.bench mome --triangle [--facts 24] [--gates match,written,none]
-                                     [--batches 1] [--seed 0]
+                                     [--batches 1] [--paraphrases] [--seed 0]
 
 Each method runs in its own process (so peak RSS is its own) on SmolLM2-135M:
 memorize the same random-answer facts until greedy recall is 100% (or the
@@ -31,8 +31,8 @@ import subprocess
 import sys
 import time
 
-from ..editing import (QA_EXEMPLARS, Probes, TriangleScores, invented_edits, measure_baseline,
-                       sequential_edits)
+from ..editing import (QA_EXEMPLARS, WORDINGS, Probes, TriangleScores, invented_edits,
+                       measure_baseline, sequential_edits)
 from ..experiments.ch05_mome import (HELD_OUT_TEXT, UNRELATED_QUESTIONS, finetune_to_recall,
                                      lookup_scaling, weights_changed)
 from ..facts import exact_match, qa_prompt
@@ -118,9 +118,14 @@ def _triangle_probes(model, tok, neighbours, n_unrelated: int) -> Probes:
 
 def triangle_bench(n_facts: int = 24, gates: tuple[str, ...] = ("match", "written", "none"), *,
                    n_batches: int = 1, answer_chars: int = 8, n_neighbours: int = 24,
-                   n_unrelated: int = 30, seed: int = 0) -> dict[str, list[TriangleScores]]:
+                   n_unrelated: int = 30, paraphrases: bool = False,
+                   seed: int = 0) -> dict[str, list[TriangleScores]]:
     """For each gate: store ``n_facts`` invented facts in MoME (book preset) in ``n_batches``
-    sequential batches and score the triangle after each batch."""
+    sequential batches and score the triangle after each batch.
+
+    With ``paraphrases`` every fact is also trained in its relation's trainable
+    paraphrases (:data:`lamini_lite.editing.WORDINGS`; never the held-out ones).
+    """
     edits = invented_edits(n_facts + n_neighbours, answer_chars=answer_chars, seed=seed)
     stored, others = edits[:n_facts], edits[n_facts:]
     model, tok = load_smollm2()
@@ -128,8 +133,9 @@ def triangle_bench(n_facts: int = 24, gates: tuple[str, ...] = ("match", "writte
     baseline = measure_baseline(model, tok, probes)
 
     def apply(m, t, batch):
-        memorize(m, t, [e.prompt() for e in batch], [e.answer for e in batch], seed=seed,
-                 progress=False)
+        wordings = [None, *(WORDINGS["access_code"].paraphrases if paraphrases else ())]
+        pairs = [(e.prompt(w), e.answer) for e in batch for w in wordings]
+        memorize(m, t, [p for p, _ in pairs], [a for _, a in pairs], seed=seed, progress=False)
 
     out = {}
     for gate in gates:
@@ -169,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="score reliability / generality / locality of MoME per gate")
     ap.add_argument("--gates", default="match,written,none", help="with --triangle")
     ap.add_argument("--batches", type=int, default=1, help="with --triangle: sequential batches")
+    ap.add_argument("--paraphrases", action="store_true",
+                    help="with --triangle: also train each fact in the trainable paraphrases")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.facts is None:
@@ -177,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--facts must be >= 1, got {a.facts}")
     if a.triangle:
         gates = tuple(g.strip() for g in a.gates.split(",") if g.strip())
-        _print_triangle(triangle_bench(a.facts, gates,
-                                       n_batches=a.batches, seed=a.seed))
+        _print_triangle(triangle_bench(a.facts, gates, n_batches=a.batches,
+                                       paraphrases=a.paraphrases, seed=a.seed))
         return 0
     if a.worker:
         print("RESULT " + json.dumps(run_method(a.worker, a.facts, a.n_keys, a.answer_chars,
