@@ -515,3 +515,27 @@ def test_save_and_from_pretrained_folder(char_tok, tmp_path):
     (folder / M.CONFIG_FILE).write_text("{not json")
     with pytest.raises(M.MemoryCompatibilityError, match=M.CONFIG_FILE):
         M.from_pretrained(_model(char_tok), folder)
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_keep_stored_leaves_earlier_facts_untouched(char_tok, keep):
+    """With keep_stored, a second memorize call steps no row the first call's facts read."""
+    prompts, answers = _facts(6, seed=4)
+    model = _model(char_tok)
+    cfg = M.MoMEConfig.preset("test", gate="match", n_keys=64)
+    M.add_memory_experts(model, cfg, tokenizer=char_tok)
+    kw = dict(max_epochs=30, loss_threshold=None, lr=0.5, progress=False)
+    assert M.memorize(model, char_tok, prompts[:3], answers[:3], **kw).recall == 1.0
+    ids = char_tok(prompts[:3], return_tensors="pt", padding=True)
+    before = model(**ids).logits
+    mem = next(iter(M.get_memory(model).layers.values()))
+    written = mem.store[1:mem.n_used].clone()
+    res = M.memorize(model, char_tok, prompts[3:], answers[3:], keep_stored=keep, **kw)
+    assert mem.frozen_rows is None  # frozen for the duration of the call only
+    same_rows = torch.equal(written, mem.store[1:len(written) + 1])
+    if keep:  # the earlier facts' rows, logits and answers are exactly as they were
+        assert same_rows and torch.equal(before, model(**ids).logits)
+        assert greedy_answers(model, char_tok, prompts[:3], max_new_tokens=8) == answers[:3]
+        assert res.rows_written > len(written)  # the new facts wrote rows of their own
+    else:  # the old behaviour: the later facts rewrite rows the earlier ones read
+        assert not same_rows

@@ -5,7 +5,8 @@ Usage::
     python -m lamini_lite.bench mome [--facts 16] [--n-keys 1024] [--answer-chars 32]
                                      [--methods mome,top2,lora] [--scale] [--seed 0]
     python -m lamini_lite.bench mome --triangle [--facts 24] [--gates match,written,none]
-                                     [--batches 1] [--paraphrases] [--seed 0]
+                                     [--batches 1] [--paraphrases] [--keep-stored]
+                                     [--seed 0]
 
 Each method runs in its own process (so peak RSS is its own) on SmolLM2-135M:
 memorize the same random-answer facts until greedy recall is 100% (or the
@@ -119,12 +120,13 @@ def _triangle_probes(model, tok, neighbours, n_unrelated: int) -> Probes:
 def triangle_bench(n_facts: int = 24, gates: tuple[str, ...] = ("match", "written", "none"), *,
                    n_batches: int = 1, answer_chars: int = 8, n_neighbours: int = 24,
                    n_unrelated: int = 30, paraphrases: bool = False,
-                   seed: int = 0) -> dict[str, list[TriangleScores]]:
+                   keep_stored: bool = False, seed: int = 0) -> dict[str, list[TriangleScores]]:
     """For each gate: store ``n_facts`` invented facts in MoME (book preset) in ``n_batches``
     sequential batches and score the triangle after each batch.
 
     With ``paraphrases`` every fact is also trained in its relation's trainable
-    paraphrases (:data:`lamini_lite.editing.WORDINGS`; never the held-out ones).
+    paraphrases (:data:`lamini_lite.editing.WORDINGS`; never the held-out ones);
+    ``keep_stored`` is :class:`lamini_lite.mome.MemorizeConfig`'s.
     """
     edits = invented_edits(n_facts + n_neighbours, answer_chars=answer_chars, seed=seed)
     stored, others = edits[:n_facts], edits[n_facts:]
@@ -135,7 +137,8 @@ def triangle_bench(n_facts: int = 24, gates: tuple[str, ...] = ("match", "writte
     def apply(m, t, batch):
         wordings = [None, *(WORDINGS["access_code"].paraphrases if paraphrases else ())]
         pairs = [(e.prompt(w), e.answer) for e in batch for w in wordings]
-        memorize(m, t, [p for p, _ in pairs], [a for _, a in pairs], seed=seed, progress=False)
+        memorize(m, t, [p for p, _ in pairs], [a for _, a in pairs], seed=seed, progress=False,
+                 keep_stored=keep_stored)
 
     out = {}
     for gate in gates:
@@ -155,10 +158,16 @@ def _print_triangle(results: dict[str, list[TriangleScores]]) -> None:
     for gate, rows in results.items():
         for r in rows:
             cells = [getattr(r, c) for c in cols]
+            delta = r.text_loss_delta if r.text_loss_delta is not None else float("nan")
             print(f"{gate:8s} {r.n_edits:5d} "
                   + " ".join(f"{c.estimate:6.1%} [{c.low:5.1%}, {c.high:5.1%}]"
-                             for c in cells)
-                  + f" {r.text_loss_delta if r.text_loss_delta is not None else float('nan'):16.4f}")
+                             for c in cells) + f" {delta:16.4f}")
+        last = rows[-1].details["reliable"]
+        if len(rows) > 1:  # reliability at the end, by the batch each fact was stored in
+            bounds = [r.n_edits for r in rows]
+            shares = [sum(last[lo:hi]) / (hi - lo) for lo, hi in zip([0] + bounds[:-1], bounds)]
+            print(f"{gate:8s} reliability at the end by batch stored: "
+                  + " ".join(f"{x:.0%}" for x in shares))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", type=int, default=1, help="with --triangle: sequential batches")
     ap.add_argument("--paraphrases", action="store_true",
                     help="with --triangle: also train each fact in the trainable paraphrases")
+    ap.add_argument("--keep-stored", action="store_true",
+                    help="with --triangle: freeze the rows of facts stored by earlier batches")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.facts is None:
@@ -186,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.triangle:
         gates = tuple(g.strip() for g in a.gates.split(",") if g.strip())
         _print_triangle(triangle_bench(a.facts, gates, n_batches=a.batches,
-                                       paraphrases=a.paraphrases, seed=a.seed))
+                                       paraphrases=a.paraphrases,
+                                       keep_stored=a.keep_stored, seed=a.seed))
         return 0
     if a.worker:
         print("RESULT " + json.dumps(run_method(a.worker, a.facts, a.n_keys, a.answer_chars,

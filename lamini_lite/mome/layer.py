@@ -57,6 +57,9 @@ class MemoryLayer(nn.Module):
         self.register_buffer("match_keys", torch.zeros(0, c.heads * c.key_dim, dtype=dtype))
         self.n_used = 1            # slot 0 is the zero row
         self.calibrated = False
+        # During memory tuning: rows (bool over experts) that earlier memorize calls' facts
+        # read, which this call may neither allocate nor step (None: nothing frozen).
+        self.frozen_rows: torch.Tensor | None = None
 
     # ----- selection -------------------------------------------------------
     def query(self, x: torch.Tensor) -> torch.Tensor:
@@ -80,8 +83,20 @@ class MemoryLayer(nn.Module):
         Cost per token: ``2 * heads * n_keys`` half-key dot products plus a
         ``topk x topk`` candidate grid -- never the ``N`` rows.
         """
+        return self._select_q(self.query(x))
+
+    @torch.no_grad()
+    def rows_of_keys(self, keys: torch.Tensor) -> torch.Tensor:
+        """Rows ``(K, heads*topk)`` that the queries stored as match keys select.
+
+        A key is its query scaled to unit norm, and a positive scale changes no
+        head's top-k, so these are exactly the rows those positions read.
+        """
+        return self._select_q(keys.view(-1, self.config.heads, self.config.key_dim))[0]
+
+    def _select_q(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`select` from queries ``q`` ``(M, heads, key_dim)``."""
         c = self.config
-        q = self.query(x)
         half = c.key_dim // 2
         s1 = torch.einsum("mhd,hnd->mhn", q[..., :half], self.subkeys[:, 0])
         s2 = torch.einsum("mhd,hnd->mhn", q[..., half:], self.subkeys[:, 1])
@@ -96,7 +111,7 @@ class MemoryLayer(nn.Module):
         w = torch.softmax(best / c.temperature, dim=-1)
         if c.expert == "peer":
             w = w * F.gelu(best)
-        m = x.shape[0]
+        m = q.shape[0]
         return rows.reshape(m, -1), w.reshape(m, -1), best.reshape(m, -1)
 
     # ----- the value store -------------------------------------------------
@@ -193,7 +208,10 @@ class MemoryLayer(nn.Module):
             active = (ctx.grad_mask | ctx.silence_mask).reshape(-1)
             gm = ctx.grad_mask.reshape(-1)
             if bool(gm.any()):
-                self.allocate(rows[gm])
+                mine = rows[gm]
+                if self.frozen_rows is not None:  # rows earlier facts read stay as they are
+                    mine = mine[~self.frozen_rows[mine]]
+                self.allocate(mine)
             if ctx.record and bool(gm.any()):
                 self.remember(x[gm])
             gate = self.gate(rows, w, x)

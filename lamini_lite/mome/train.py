@@ -72,6 +72,8 @@ class RowAdam:
             # (e.g. read only by answer tokens below memorize's loss_floor) are
             # left alone, moments included (lazy Adam).
             keep = (slots > 0) & leaf.grad.ne(0).any(-1)
+            if layer.frozen_rows is not None:  # stored by an earlier memorize call
+                keep &= ~layer.frozen_rows[layer.slot_rows[slots]]
             slots, g = slots[keep], leaf.grad[keep]
             st = self._state(layer)
             m = st["m"][slots].mul_(b1).add_(g, alpha=1 - b1)
@@ -127,6 +129,7 @@ class MemorizeConfig:
     seed: int = 0                     # seed of the batch order
     lr_decay: float | None = None     # step factor after an epoch below the best recall
     loss_floor: float | None = None   # answer tokens with loss below it give no gradient
+    keep_stored: bool = False         # freeze the rows earlier calls' facts read
 
     def __post_init__(self) -> None:
         for name in ("max_epochs", "batch_size"):
@@ -135,6 +138,9 @@ class MemorizeConfig:
                 raise ValueError(f"MemorizeConfig.{name} must be an int >= 1, got {v!r}")
         if not self.lr > 0:
             raise ValueError(f"MemorizeConfig.lr must be > 0, got {self.lr!r}")
+        if not isinstance(self.keep_stored, bool):
+            raise ValueError(f"MemorizeConfig.keep_stored must be True or False, "
+                             f"got {self.keep_stored!r}")
         if self.max_seconds is not None and not self.max_seconds >= 0:
             raise ValueError(f"MemorizeConfig.max_seconds must be >= 0 or None, "
                              f"got {self.max_seconds!r}")
@@ -368,6 +374,21 @@ def _train(run: _Tuning, tokenizer, prompts, answers, res: MemorizeResult, bar,
                 break
 
 
+@torch.no_grad()
+def _freeze_stored_rows(mome: MoME) -> None:
+    """Freeze, for this call, every row that the answer positions of earlier calls read.
+
+    Those positions' queries are the match keys stored so far, so their rows are
+    known exactly; no new fact may allocate or step them, and the earlier facts'
+    memory output stays what it was (facts added in sequence are not forgotten).
+    """
+    for mem in mome.layers.values():
+        if mem.match_keys.shape[0]:
+            frozen = torch.zeros(mem.config.n_experts, dtype=torch.bool)
+            frozen[mem.rows_of_keys(mem.match_keys).reshape(-1)] = True
+            mem.frozen_rows = frozen
+
+
 def memorize(model, tokenizer, prompts: Sequence[str], answers: Sequence[str],
              config: MemorizeConfig | None = None, *, negatives: Sequence[str] | None = None,
              progress: bool = True, **overrides: Any) -> MemorizeResult:
@@ -387,7 +408,7 @@ def memorize(model, tokenizer, prompts: Sequence[str], answers: Sequence[str],
 
     The training knobs (``lr``, ``max_epochs``, ``max_seconds``, ``batch_size``,
     ``loss_threshold``, ``negative_weight``, ``confirm``, ``seed``, ``lr_decay``,
-    ``loss_floor``) are the fields of :class:`MemorizeConfig`: pass one as
+    ``loss_floor``, ``keep_stored``) are the fields of :class:`MemorizeConfig`: pass one as
     ``config`` (default ``MemorizeConfig()``) and/or name fields as keywords
     (``memorize(model, tok, prompts, answers, lr=0.5, max_epochs=60)``), which
     replace those of ``config``; an unknown keyword raises :class:`TypeError`
@@ -422,6 +443,14 @@ def memorize(model, tokenizer, prompts: Sequence[str], answers: Sequence[str],
     ``loss_threshold``, or facts could stop improving before they count as done.
     With ``lr_decay=0.5`` and ``loss_floor=0.1`` the 1,000 facts above reach
     1000/1000 exact greedy recall in 23 epochs (worst token loss 0.53).
+
+    ``keep_stored``: facts added by earlier calls are not forgotten. The rows
+    their answer positions read (known exactly from their match keys) are
+    frozen for this call: new facts may neither write nor step them, so the
+    earlier facts' memory output does not change (for memory layers whose input
+    no other memory layer changes). New facts learn in the other rows only, and
+    facts asked in one format share many rows, so later facts may not fit:
+    see ``python -m lamini_lite.bench mome --triangle --batches 10 --keep-stored``.
     """
     if isinstance(prompts, str) or isinstance(answers, str):
         raise TypeError("prompts and answers must be lists of strings")
@@ -435,11 +464,15 @@ def memorize(model, tokenizer, prompts: Sequence[str], answers: Sequence[str],
     run = _prepare(model, tokenizer, prompts, answers, negatives, cfg, mome, layer)
     res = MemorizeResult(0, 0.0, [False] * len(prompts), [math.inf] * len(prompts))
     bar = tqdm(total=cfg.max_epochs, desc="memory tuning", disable=not progress)
+    if cfg.keep_stored:
+        _freeze_stored_rows(mome)
     try:
         _train(run, tokenizer, prompts, answers, res, bar, t0)
     finally:
         bar.close()
         mome.ctx = None
+        for mem in mome.layers.values():
+            mem.frozen_rows = None
     res.seconds = time.perf_counter() - t0
     res.rows_written = mome.n_written()
     res.params_updated = mome.params_updated()
