@@ -291,10 +291,7 @@ def triangle(model, tokenizer, edits: Sequence[Edit], probes: Probes, baseline: 
     for e, ps in zip(edits, held):
         general.append([exact_match(p, e.accepted) for p in flat[i:i + len(ps)]])
         i += len(ps)
-    after = Baseline(_answers(model, tokenizer, probes.neighbours, max_new_tokens),
-                     _answers(model, tokenizer, probes.unrelated, max_new_tokens),
-                     _answers(model, tokenizer, probes.known, max_new_tokens),
-                     text_loss(model, tokenizer, probes.texts) if probes.texts else None)
+    after = measure_baseline(model, tokenizer, probes, max_new_tokens=max_new_tokens)
     delta = (after.text_loss - baseline.text_loss
              if after.text_loss is not None and baseline.text_loss is not None else None)
     return TriangleScores(

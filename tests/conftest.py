@@ -12,7 +12,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
-from tokenizers import Regex, Tokenizer, models, pre_tokenizers  # noqa: E402
+import string  # noqa: E402
+
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers  # noqa: E402
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 
 from lamini_lite import netguard  # noqa: E402
@@ -74,3 +76,19 @@ def toy_tokenizer(words=WORDS):
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>")
     fast.padding_side = "left"
     return fast
+
+
+@pytest.fixture(scope="module")
+def char_tok():
+    """A character-level tokenizer (no downloads) that pads on the left.
+
+    test_slick.py defines its own ``char_tok`` (another vocabulary), which
+    takes precedence there.
+    """
+    chars = ["<pad>"] + list(string.ascii_letters + string.digits + " ?:.,'\n")
+    tk = Tokenizer(models.WordLevel({c: i for i, c in enumerate(chars)}, unk_token="<pad>"))
+    tk.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tk.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>")
+    tok.padding_side = "left"
+    return tok

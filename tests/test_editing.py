@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import string
-
 import pytest
 
 from lamini_lite import editing as E
@@ -111,20 +109,6 @@ def test_sequential_edits_rescore_every_earlier_edit(fake):
     assert out[0].reliability.estimate == 1.0 and out[1].reliability.estimate == 0.8
     with pytest.raises(ValueError, match="n_batches"):
         E.sequential_edits(FakeModel(table), None, edits, apply, probes, n_batches=6)
-
-
-@pytest.fixture(scope="module")
-def char_tok():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    chars = ["<pad>"] + list(string.ascii_letters + string.digits + " ?:.,'\n")
-    tk = Tokenizer(models.WordLevel({c: i for i, c in enumerate(chars)}, unk_token="<pad>"))
-    tk.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    tk.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>")
-    tok.padding_side = "left"
-    return tok
 
 
 def test_triangle_runs_on_a_real_model(char_tok):

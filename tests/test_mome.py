@@ -14,21 +14,6 @@ from lamini_lite.lm import greedy_answers
 from lamini_lite.models import tiny_llama
 
 
-@pytest.fixture(scope="module")
-def char_tok():
-    """A character-level tokenizer (no downloads) that pads on the left."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    chars = ["<pad>"] + list(string.ascii_letters + string.digits + " ?:.,'\n")
-    tk = Tokenizer(models.WordLevel({c: i for i, c in enumerate(chars)}, unk_token="<pad>"))
-    tk.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    tk.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>")
-    tok.padding_side = "left"
-    return tok
-
-
 def _model(tok, seed=0, hidden=64):
     return tiny_llama(len(tok), hidden_size=hidden, num_layers=2, num_heads=4, seed=seed).eval()
 
